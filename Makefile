@@ -1,0 +1,70 @@
+# Two commands matter: `make demo` and `make test`. Both build what they need first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+ROOT := $(CURDIR)
+VENV := $(ROOT)/.venv
+DRIFT_VENV := $(ROOT)/.venv-drift
+PY := $(VENV)/bin/python
+PIP_FLAGS := --disable-pip-version-check --no-input -q
+
+export AIRFLOW_HOME := $(ROOT)
+export PROPENSITY_HOME := $(ROOT)
+export PROPENSITY_DRIFT_PYTHON := $(DRIFT_VENV)/bin/python
+# Spark's Python workers must use the venv, not the system python.
+export PYSPARK_PYTHON := $(PY)
+export PYSPARK_DRIVER_PYTHON := $(PY)
+export PATH := $(VENV)/bin:$(PATH)
+export GE_USAGE_STATISTICS_ENABLED := False
+export GX_ANALYTICS_ENABLED := False
+export MLFLOW_ENABLE_TELEMETRY := false
+export DO_NOT_TRACK := 1
+
+.PHONY: help venv venv-drift setup airflow-db demo test test-unit lint airflow clean
+
+help:
+	@echo "make demo     set up (venvs, Airflow DB) and run the pipeline on embedded defaults"
+	@echo "make test     set up and run every test"
+	@echo "make airflow  Airflow UI on :8080 with this repo's DAGs (Ctrl-C stops it)"
+	@echo "make lint     ruff"
+
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip==25.3
+	$(PY) -m pip install $(PIP_FLAGS) -r requirements.txt -c constraints.txt
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps -e .
+	touch $@
+
+$(DRIFT_VENV)/.installed: requirements-drift.txt constraints-drift.txt pyproject.toml
+	@test -x $(DRIFT_VENV)/bin/python || $(PYTHON) -m venv $(DRIFT_VENV)
+	$(DRIFT_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip==25.3
+	$(DRIFT_VENV)/bin/python -m pip install $(PIP_FLAGS) -r requirements-drift.txt -c constraints-drift.txt
+	$(DRIFT_VENV)/bin/python -m pip install $(PIP_FLAGS) --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+venv-drift: $(DRIFT_VENV)/.installed
+
+airflow-db: venv
+	@$(VENV)/bin/airflow db migrate > /dev/null
+
+setup: venv venv-drift airflow-db
+
+demo: setup
+	$(PY) -m propensity.demo
+
+test: setup
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check include dags plugins tests bench feature_repo
+	$(VENV)/bin/ruff format --check include dags plugins tests bench feature_repo
+
+# Ctrl-C sends SIGINT, which stops standalone's scheduler, api-server and workers together.
+airflow: setup
+	exec $(VENV)/bin/airflow standalone
+
+clean:
+	rm -rf data logs airflow.db simple_auth_manager_passwords.json.generated

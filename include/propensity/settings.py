@@ -1,0 +1,234 @@
+"""Typed settings: one object, two profiles, environment on top.
+
+Resolution order (later wins):
+  1. ``config/defaults.yaml``            committed, shared by every profile
+  2. ``config/profiles/<profile>.yaml``  committed, what differs between ``local`` and ``prod``
+  3. ``config/local.env``                gitignored, a developer's own overrides (KEY=value lines)
+  4. environment variables               ``PROPENSITY_<FIELD>``, nested with ``__``
+                                         (``PROPENSITY_SOURCE__PATH=...``)
+
+Secrets (S3 keys, database passwords, API keys) are never fields here with a value
+in a committed file: they come from the environment or Airflow connections.
+
+Nothing here runs at import time; call :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+CANONICAL_FIELDS = (
+    "customer_id",
+    "event_time",
+    "order_id",
+    "item_id",
+    "quantity",
+    "unit_price",
+    "amount",
+    "is_return",
+    "country",
+)
+
+
+def project_home() -> Path:
+    """The repository root: ``PROPENSITY_HOME`` or the folder holding ``config/defaults.yaml``."""
+    env = os.environ.get("PROPENSITY_HOME")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "config" / "defaults.yaml").is_file():
+            return parent
+    return Path.cwd()
+
+
+class ColumnMapping(BaseModel):
+    """Canonical field -> the source's column name (``None``: the source has no such column).
+
+    Rules (documented in the README):
+    * ``customer_id``, ``event_time`` and ``quantity`` are required.
+    * one of ``unit_price`` / ``amount`` is required; the other is derived
+      (amount = quantity x unit_price; unit_price = amount / quantity).
+    * no ``order_id``: derived as ``<customer_id>@<event_time ISO>`` (one order per
+      customer per timestamp).
+    * no ``item_id`` / ``country``: null.
+    * no ``is_return``: a return is an order id starting with ``return_order_prefix``
+      when that is set, otherwise a negative quantity.
+    """
+
+    customer_id: str
+    event_time: str
+    quantity: str
+    order_id: str | None = None
+    item_id: str | None = None
+    unit_price: str | None = None
+    amount: str | None = None
+    is_return: str | None = None
+    country: str | None = None
+
+    @model_validator(mode="after")
+    def _price_or_amount(self) -> ColumnMapping:
+        if self.unit_price is None and self.amount is None:
+            raise ValueError("source mapping needs at least one of unit_price or amount")
+        return self
+
+    def mapped(self) -> dict[str, str]:
+        """Canonical name -> source column, for the columns the source has."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class TradingCalendar(BaseModel):
+    """When the business is closed, so an empty day is not mistaken for a broken export."""
+
+    country: str | None = None  # ISO 3166 code for public holidays (``holidays`` library)
+    subdivision: str | None = None  # e.g. "ENG" for England's bank holidays
+    closed_weekdays: list[int] = Field(default_factory=list)  # Monday=0 ... Sunday=6
+    closures: list[dt.date] = Field(default_factory=list)  # single days
+    closure_ranges: list[tuple[dt.date, dt.date]] = Field(default_factory=list)  # inclusive
+
+
+class SourceSettings(BaseModel):
+    """Where the transactions come from and how their columns map to the canonical schema."""
+
+    name: str = "online_retail"
+    kind: Literal["export", "landing"] = "export"
+    # export: one file replayed a day at a time; landing: <path>/date=YYYY-MM-DD/*.csv|parquet
+    path: str
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    delimiter: str = ","
+    encoding: str = "utf-8"
+    timezone: str = "UTC"  # zone of naive timestamps in the source
+    timestamp_format: str | None = None  # strftime pattern; None: ISO-like, parsed strictly
+    mapping: ColumnMapping
+    return_order_prefix: str | None = None
+    guest_rows: bool = False  # rows without a customer are expected (guest checkouts)
+    calendar: TradingCalendar = Field(default_factory=TradingCalendar)
+    # Where the demo fetches the data when ``path`` is absent (UCI id 352, an .xlsx in a zip).
+    download_url: str | None = None
+
+
+class SparkSettings(BaseModel):
+    master: str = "local[*]"
+    driver_memory: str = "2g"
+    shuffle_partitions: int = 4
+
+
+class Settings(BaseSettings):
+    """Everything the pipeline needs to know about where it runs."""
+
+    model_config = SettingsConfigDict(env_prefix="PROPENSITY_", env_nested_delimiter="__", extra="ignore")
+
+    profile: Literal["local", "prod"] = "local"
+    # Root of every zone (raw/, validated/, quarantine/, offline/, ...): a folder or s3://bucket/prefix.
+    zone_root: str
+    # Endpoint of an S3-compatible store (MinIO, moto); None: AWS itself. Keys come from the
+    # standard AWS_* environment variables, never from this file.
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    cache_dir: str = "data/cache"
+    source: SourceSettings
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+
+    @field_validator("zone_root", "cache_dir")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        return resolve_path(v)
+
+    @model_validator(mode="after")
+    def _absolute_source(self) -> Settings:
+        self.source.path = resolve_path(self.source.path)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _LocalEnvFile(settings_cls), _YamlProfiles(settings_cls))
+
+
+def resolve_path(value: str) -> str:
+    """Make a relative local path absolute against the project home; URIs pass through."""
+    if "://" in value:
+        return value
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else (project_home() / p).resolve())
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("PROPENSITY_CONFIG_DIR", project_home() / "config"))
+
+
+class _YamlProfiles(PydanticBaseSettingsSource):
+    """defaults.yaml deep-merged with profiles/<profile>.yaml."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        folder = config_dir()
+        data = _read_yaml(folder / "defaults.yaml")
+        profile = os.environ.get("PROPENSITY_PROFILE") or data.get("profile", "local")
+        profile_file = folder / "profiles" / f"{profile}.yaml"
+        if not profile_file.is_file():
+            raise FileNotFoundError(f"unknown profile {profile!r}: {profile_file} does not exist")
+        return _deep_merge(data, _read_yaml(profile_file)) | {"profile": profile}
+
+
+class _LocalEnvFile(PydanticBaseSettingsSource):
+    """config/local.env (gitignored): PROPENSITY_* lines, same syntax as the environment."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = config_dir() / "local.env"
+        if not path.is_file():
+            return {}
+        out: dict[str, Any] = {}
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            key, value = line.split("=", 1)
+            key = key.strip()
+            if not key.startswith("PROPENSITY_") or key in os.environ:
+                continue
+            parts = key[len("PROPENSITY_") :].lower().split("__")
+            node = out
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value.strip().strip('"')
+        return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"settings file missing: {path}")
+    with path.open() as fh:
+        return yaml.safe_load(fh) or {}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings (cached; tests call ``get_settings.cache_clear()``)."""
+    return Settings()  # type: ignore[call-arg]

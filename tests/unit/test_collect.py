@@ -1,0 +1,278 @@
+"""Collection: column mappings, day slicing, idempotence and bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import hashlib
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from propensity.collect import collect, day_of_interval
+from propensity.sources import SourceError
+from propensity.storage import read_partition
+
+UTC = dt.UTC
+
+
+def day(d: str) -> tuple[dt.datetime, dt.datetime]:
+    start = dt.datetime.fromisoformat(d).replace(tzinfo=UTC)
+    return start, start + dt.timedelta(days=1)
+
+
+def landing(tmp_path, d: str, name: str, content: bytes | str):
+    folder = tmp_path / "landing" / f"date={d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(content.encode() if isinstance(content, str) else content)
+    return tmp_path / "landing"
+
+
+# Retailer B: other column names, no country, amounts instead of unit prices, date-only
+# timestamps in day/month/year, an explicit return flag, no order id.
+RETAILER_B = {
+    "kind": "landing",
+    "timezone": "America/New_York",
+    "timestamp_format": "%d/%m/%Y",
+    "return_order_prefix": None,
+    "mapping": {
+        "customer_id": "member",
+        "event_time": "day",
+        "quantity": "units",
+        "amount": "total",
+        "item_id": "sku",
+        "is_return": "refund",
+        "order_id": None,
+        "unit_price": None,
+        "country": None,
+    },
+}
+
+# Retailer C: semicolon-delimited, ISO timestamps with offsets, no item id, no order id,
+# returns only recognisable by a negative quantity.
+RETAILER_C = {
+    "kind": "landing",
+    "delimiter": ";",
+    "timestamp_format": None,
+    "return_order_prefix": None,
+    "mapping": {
+        "customer_id": "client",
+        "event_time": "ts",
+        "quantity": "qty",
+        "unit_price": "price",
+        "country": "land",
+        "order_id": None,
+        "item_id": None,
+    },
+}
+
+
+def test_retailer_b_mapping_derives_what_the_source_lacks(tmp_path, make_settings):
+    csv = (
+        "member,day,units,total,sku,refund,loyalty_tier\n"
+        "m1,01/03/2011,2,10.0,A,no,gold\n"
+        "m2,01/03/2011,-1,-4.5,B,yes,\n"
+    )
+    root = landing(tmp_path, "2011-03-01", "b.csv", csv)
+    settings = make_settings(source={**RETAILER_B, "path": str(root)})
+    # The day in New York starts at 05:00 UTC, so a date-only timestamp lands on that UTC day.
+    result = collect(settings, *day("2011-03-01"))
+    out = read_partition(settings_store(settings), "raw", "events", dt.date(2011, 3, 1)).to_pandas()
+    assert result.rows == 2
+    assert result.unmapped_columns == ["loyalty_tier"]
+    assert list(out["customer_id"]) == ["m1", "m2"]
+    assert list(out["unit_price"]) == [5.0, 4.5]
+    assert list(out["amount"]) == [10.0, -4.5]
+    assert list(out["is_return"]) == [False, True]
+    assert out["country"].isna().all()
+    assert out["event_time"].iloc[0] == pd.Timestamp("2011-03-01 05:00", tz="UTC")
+    assert out["order_id"].iloc[0] == "m1@2011-03-01T05:00:00Z"
+
+
+def test_retailer_c_mapping_semicolons_offsets_and_negative_quantity_returns(tmp_path, make_settings):
+    csv = (
+        "client;ts;qty;price;land\n"
+        "7;2011-03-01T10:00:00+01:00;3;1.5;DE\n"
+        "8;2011-03-01T23:30:00-02:00;-2;2.0;BR\n"
+    )
+    root = landing(tmp_path, "2011-03-01", "c.csv", csv)
+    settings = make_settings(source={**RETAILER_C, "path": str(root)})
+    collect(settings, *day("2011-03-01"))
+    out = read_partition(settings_store(settings), "raw", "events", dt.date(2011, 3, 1)).to_pandas()
+    assert list(out["event_time"]) == [
+        pd.Timestamp("2011-03-01 09:00", tz="UTC"),
+        pd.Timestamp("2011-03-02 01:30", tz="UTC"),
+    ]
+    assert list(out["amount"]) == [4.5, -4.0]
+    assert list(out["is_return"]) == [False, True]
+    assert out["item_id"].isna().all()
+    assert list(out["country"]) == ["DE", "BR"]
+
+
+def settings_store(settings):
+    from propensity.collect import zone_store
+
+    return zone_store(settings)
+
+
+def test_uk_summer_time_edges_slice_on_utc_day(tmp_path, make_settings):
+    # 23:30 BST on 30 June is 22:30 UTC on 30 June; 00:30 BST on 1 July is 23:30 UTC on 30 June.
+    csv = (
+        "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        "1,A,1,2011-06-30 00:30:00,1.0,1,United Kingdom\n"  # 23:30 UTC on 29 June
+        "2,A,1,2011-06-30 23:30:00,1.0,1,United Kingdom\n"
+        "3,A,1,2011-07-01 00:30:00,1.0,1,United Kingdom\n"
+        "4,A,1,2011-07-01 01:30:00,1.0,1,United Kingdom\n"  # 00:30 UTC on 1 July
+    )
+    path = tmp_path / "export.csv"
+    path.write_text(csv)
+    settings = make_settings(source={"path": str(path)})
+    collect(settings, *day("2011-06-30"))
+    out = read_partition(settings_store(settings), "raw", "events", dt.date(2011, 6, 30)).to_pandas()
+    assert list(out["order_id"]) == ["2", "3"]
+    assert out["event_time"].max() == pd.Timestamp("2011-06-30 23:30", tz="UTC")
+
+
+def test_a_day_without_events_writes_an_empty_partition(tmp_path, make_settings):
+    path = tmp_path / "export.csv"
+    path.write_text(
+        "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n1,A,1,2011-03-01 10:00:00,1.0,1,UK\n"
+    )
+    settings = make_settings(source={"path": str(path)})
+    result = collect(settings, *day("2011-03-05"))
+    assert result.rows == 0
+    table = read_partition(settings_store(settings), "raw", "events", dt.date(2011, 3, 5))
+    assert table.num_rows == 0 and "customer_id" in table.column_names
+
+
+def test_unparseable_values_are_kept_and_named_not_dropped(tmp_path, make_settings):
+    csv = (
+        "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        "1,A,abc,2011-03-01 10:00:00,1.0,1,UK\n"
+        "2,A,2.5,2011-03-01 11:00:00,x,1,UK\n"
+    )
+    path = tmp_path / "export.csv"
+    path.write_text(csv)
+    settings = make_settings(source={"path": str(path)})
+    collect(settings, *day("2011-03-01"))
+    out = read_partition(settings_store(settings), "raw", "events", dt.date(2011, 3, 1)).to_pandas()
+    assert len(out) == 2
+    assert out["_parse_errors"].iloc[0] == "quantity: 'abc' is not a number"
+    assert (
+        out["_parse_errors"].iloc[1]
+        == "quantity: '2.5' is not a whole number; unit_price: 'x' is not a number"
+    )
+    assert list(out["_source_row"]) == [1, 2]
+
+
+def test_float_formatted_customer_ids_are_the_same_customer(tmp_path, make_settings):
+    path = tmp_path / "export.csv"
+    path.write_text(
+        "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        "1,A,1,2011-03-01 10:00:00,1.0,17850.0,UK\n2,A,1,2011-03-01 10:00:00,1.0,,UK\n"
+    )
+    settings = make_settings(source={"path": str(path)})
+    collect(settings, *day("2011-03-01"))
+    out = read_partition(settings_store(settings), "raw", "events", dt.date(2011, 3, 1)).to_pandas()
+    assert out["customer_id"].iloc[0] == "17850"
+    assert pd.isna(out["customer_id"].iloc[1])
+
+
+def test_rerun_replaces_the_partition_with_identical_rows(settings, real_data):
+    first = collect(settings, *day("2011-03-01"))
+    path = first.uri
+    content = pq.read_table(path).to_pandas()
+    second = collect(settings, *day("2011-03-01"))
+    again = pq.read_table(path).to_pandas()
+    assert first.rows == second.rows > 1000
+    pd.testing.assert_frame_equal(content, again)
+    digest = lambda: hashlib.sha256(open(path, "rb").read()).hexdigest()  # noqa: E731
+    d1 = digest()
+    collect(settings, *day("2011-03-01"))
+    assert digest() == d1
+
+
+def test_real_day_maps_cancellations_and_guests(settings, real_data):
+    result = collect(settings, *day("2011-03-01"))
+    out = pq.read_table(result.uri).to_pandas()
+    assert result.rows == len(out)
+    cancels = out[out["order_id"].str.startswith("C")]
+    assert len(cancels) > 0 and cancels["is_return"].all()
+    assert not out.loc[~out["order_id"].str.startswith("C"), "is_return"].any()
+    assert out["customer_id"].isna().any()  # guest checkouts are kept
+    assert (out["amount"] - out["quantity"] * out["unit_price"]).abs().max() < 1e-9
+    assert (
+        out["event_time"]
+        .between(pd.Timestamp("2011-03-01", tz="UTC"), pd.Timestamp("2011-03-02", tz="UTC"), inclusive="left")
+        .all()
+    )
+    assert out["_parse_errors"].isna().all()
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("missing.csv", None, "source file does not exist"),
+        ("empty.csv", b"", "file is empty (0 bytes)"),
+        ("blank.csv", b"\n\n", "file is empty (no header line)"),
+        ("cut.csv.gz", "truncated", "gzip stream is damaged or truncated"),
+        (
+            "semi.csv",
+            b"InvoiceNo;StockCode;Quantity;InvoiceDate;UnitPrice;CustomerID;Country\n1;A;1;2011-03-01 10:00:00;1;1;UK\n",
+            "looks ';'-delimited",
+        ),
+        (
+            "nocust.csv",
+            b"InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,Country\n1,A,1,2011-03-01 10:00:00,1,UK\n",
+            "missing mapped column(s) 'CustomerID' (for customer_id)",
+        ),
+        ("binary.parquet", b"PAR1 this is not parquet", "not a readable Parquet file"),
+        (
+            "latin.csv",
+            "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n1,A,1,2011-03-01 10:00:00,1,1,Cura\xe7ao\n".encode(
+                "latin-1"
+            ),
+            "not valid utf-8 at offset",
+        ),
+    ],
+)
+def test_bad_source_files_fail_with_the_file_and_the_problem(tmp_path, make_settings, name, content, message):
+    path = tmp_path / name
+    if content == "truncated":
+        full = gzip.compress(
+            b"InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+            + b"1,A,1,2011-03-01 10:00:00,1,1,UK\n" * 2000
+        )
+        path.write_bytes(full[: len(full) // 2])
+    elif content is not None:
+        path.write_bytes(content)
+    settings = make_settings(source={"path": str(path)})
+    # A good partition collected earlier must survive the failed run untouched.
+    good = tmp_path / "good.csv"
+    good.write_text(
+        "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n9,A,1,2011-03-01 10:00:00,1,1,UK\n"
+    )
+    before = collect(make_settings(source={"path": str(good)}), *day("2011-03-01"))
+    before_bytes = open(before.uri, "rb").read()
+    with pytest.raises(SourceError) as err:
+        collect(settings, *day("2011-03-01"))
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+    assert open(before.uri, "rb").read() == before_bytes
+
+
+def test_landing_day_without_delivery_is_an_error_naming_the_folder(tmp_path, make_settings):
+    (tmp_path / "landing").mkdir()
+    settings = make_settings(source={**RETAILER_C, "path": str(tmp_path / "landing")})
+    with pytest.raises(SourceError, match=r"date=2011-03-01: no delivery for 2011-03-01"):
+        collect(settings, *day("2011-03-01"))
+
+
+def test_interval_must_be_one_whole_utc_day():
+    start = dt.datetime(2011, 3, 1, tzinfo=UTC)
+    assert day_of_interval(start, start + dt.timedelta(days=1)) == dt.date(2011, 3, 1)
+    with pytest.raises(ValueError, match="one whole UTC day"):
+        day_of_interval(start, start + dt.timedelta(hours=1))
+    with pytest.raises(ValueError, match="naive datetime"):
+        day_of_interval(start.replace(tzinfo=None), start.replace(tzinfo=None) + dt.timedelta(days=1))
