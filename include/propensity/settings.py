@@ -121,6 +121,26 @@ class SparkSettings(BaseModel):
     shuffle_partitions: int = 4
 
 
+class ValidationSettings(BaseModel):
+    """Great Expectations suite thresholds and the batch gate (issue 3)."""
+
+
+class FeatureSettings(BaseModel):
+    """Spark feature job, offline store and Feast (issue 4)."""
+
+
+class TrainingSettings(BaseModel):
+    """Training, evaluation, gate and registry (issue 5)."""
+
+
+class ServingSettings(BaseModel):
+    """Triton repository, model backends and the prediction API (issue 6)."""
+
+
+class DriftSettings(BaseModel):
+    """Drift detectors, policy and cooldown (issue 8)."""
+
+
 class Settings(BaseSettings):
     """Everything the pipeline needs to know about where it runs."""
 
@@ -136,6 +156,11 @@ class Settings(BaseSettings):
     cache_dir: str = "data/cache"
     source: SourceSettings
     spark: SparkSettings = Field(default_factory=SparkSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
 
     @field_validator("zone_root", "cache_dir")
     @classmethod
