@@ -19,13 +19,14 @@ import datetime as dt
 
 import pendulum
 from airflow.sdk import dag, task
-from airflow.timetables.interval import CronDataIntervalTimetable
+
+from propensity.timetables import DailyUtcTimetable
 
 
 @dag(
     # An interval timetable: each run owns the day it covers, so a run's output is a
     # function of its data interval, identical for scheduled runs, re-runs and backfills.
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    schedule=DailyUtcTimetable(),
     start_date=pendulum.datetime(2010, 12, 1, tz="UTC"),
     catchup=False,
     max_active_runs=4,

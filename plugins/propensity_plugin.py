@@ -1,0 +1,12 @@
+"""Airflow plugin: registers what Airflow must load as a plugin (the daily timetable)."""
+
+from __future__ import annotations
+
+from airflow.plugins_manager import AirflowPlugin
+
+from propensity.timetables import DailyUtcTimetable
+
+
+class PropensityPlugin(AirflowPlugin):
+    name = "propensity"
+    timetables = [DailyUtcTimetable]
