@@ -93,9 +93,6 @@ class TradingCalendar(BaseModel):
     closed_weekdays: list[int] = Field(default_factory=list)  # Monday=0 ... Sunday=6
     closures: list[dt.date] = Field(default_factory=list)  # single days
     closure_ranges: list[tuple[dt.date, dt.date]] = Field(default_factory=list)  # inclusive
-    # Days relative to (Western) Easter Sunday when the business closes: 0 is Easter Sunday itself,
-    # a closed day for large shops in England (Sunday Trading Act) though not a bank holiday.
-    easter_offsets: list[int] = Field(default_factory=list)
 
 
 class SourceSettings(BaseModel):
@@ -116,9 +113,6 @@ class SourceSettings(BaseModel):
     calendar: TradingCalendar = Field(default_factory=TradingCalendar)
     # Where the demo fetches the data when ``path`` is absent (UCI id 352, an .xlsx in a zip).
     download_url: str | None = None
-    # Item ids of fee/adjustment lines (postage, manual, bank charges, ...): validated rows get
-    # line_kind "non_product" so features can tell them from purchases of products.
-    non_product_items: list[str] = Field(default_factory=list)
 
 
 class SparkSettings(BaseModel):
@@ -128,52 +122,11 @@ class SparkSettings(BaseModel):
 
 
 class ValidationSettings(BaseModel):
-    """Great Expectations suite thresholds and the batch gate (issue 3). Thresholds are data."""
-
-    class Alerts(BaseModel):
-        """Where alerts go (the whole project's notifier); the log always gets them."""
-
-        file: bool = True  # JSON lines under <zone_root>/alerts/
-        webhook_url: str | None = None  # POSTed a JSON body; may carry a token: set it from the environment
-        smtp_host: str | None = None
-        smtp_port: int = 25
-        smtp_sender: str = "propensity@localhost"
-        smtp_recipients: list[str] = Field(default_factory=list)
-        smtp_user: str | None = None  # password only from $PROPENSITY_VALIDATION__ALERTS__SMTP_PASSWORD
-        smtp_password: str | None = None
-        timeout_s: float = 10.0
-
-    # Row level: a row failing any of these is quarantined with the check's name.
-    max_abs_quantity: int = 10_000  # 80,995 units was a keying error, cancelled minutes later
-    max_unit_price: float = 10_000.0  # product lines only; fee lines carry arbitrary amounts
-    # Batch gate: the day fails (nothing published) when any of these is off.
-    max_quarantine_share: float = 0.10
-    max_duplicate_share: float = 0.25  # exact copies of an earlier line, over all lines: a file sent twice
-    guest_share_band: tuple[float, float] = (0.0, 0.95)  # share of lines without a customer
-    volume_factor: float = 10.0  # rows outside [usual / f, usual x f] for the weekday are suspicious
-    volume_history_weeks: int = 8  # same-weekday days before D that define "usual"
-    amount_median_factor: float = 4.0  # median sale amount vs the trailing median of daily medians
-    amount_history_days: int = 28
-    country_history_days: int = 90  # countries seen in this window are "known"; new ones are reported
-    min_history: int = 3  # passed days needed before a learned band applies
-    min_rows_for_distribution: int = 30  # fewer rows: shares and medians are noise, not checked
-    data_docs: bool = True  # render Great Expectations Data Docs under <zone_root>/reports/data_docs/
-    alerts: ValidationSettings.Alerts = Field(default_factory=lambda: ValidationSettings.Alerts())
+    """Great Expectations suite thresholds and the batch gate (issue 3)."""
 
 
 class FeatureSettings(BaseModel):
     """Spark feature job, offline store and Feast (issue 4)."""
-
-    history_days: int = 730  # how far back a snapshot looks (tenure, first order, gaps)
-    home_countries: list[str] = Field(default_factory=list)  # is_home_country = 1 for these
-    label_days: int = 30  # training label: an order in [cutoff, cutoff + label_days)
-    feast_project: str = "propensity"
-    registry: str = "data/feast/registry.db"  # a local path or s3://... (Feast file registry)
-    online_store: Literal["sqlite", "redis"] = "sqlite"
-    sqlite_path: str = "data/feast/online.db"
-    # Feast's format: host:port,db=N[,password=...]; a password comes from the environment only.
-    redis_connection: str = "127.0.0.1:6379,db=0"
-    ttl_days: int = 1  # a snapshot serves point-in-time lookups up to this long after its date
 
 
 class TrainingSettings(BaseModel):
@@ -222,38 +175,7 @@ class ServingSettings(BaseModel):
 
 
 class DriftSettings(BaseModel):
-    """Drift detectors, policy and cooldown (issue 8). Thresholds are data: the policy reads them here."""
-
-    # Data drift: a feature drifts only when its test is significant after the correction AND
-    # its effect size crosses the threshold (large samples make tiny shifts significant).
-    numeric_test: Literal["ks", "cvm"] = "ks"
-    correction: Literal["bonferroni", "fdr"] = "bonferroni"
-    p_val: float = 0.05
-    effect_size: Literal["psi", "wasserstein", "either"] = "psi"
-    psi_threshold: float = 0.2
-    wasserstein_threshold: float = 0.1  # Wasserstein-1 over the reference's standard deviation
-    psi_bins: int = 10
-    categorical_features: list[str] = Field(default_factory=list)
-    min_drifted_features: int = 1  # data drift needs at least this many drifted features
-    max_rows: int = 100_000  # per side; larger windows are sampled (seeded by the date)
-    # Prediction drift: the score distribution, KS and PSI on the same rule.
-    score_p_val: float = 0.05
-    score_psi_threshold: float = 0.2
-    # Concept drift: realised AUC of matured predictions vs the champion's evaluation AUC.
-    label_horizon_days: int = 30
-    window_days: int = 7  # days of served traffic (and of matured predictions) per check
-    min_matured: int = 200
-    auc_drop: float = 0.05
-    severe_auc_drop: float = 0.10
-    calibration_error: float = 0.10  # expected calibration error (ECE) that counts as drift
-    # Which signals may trigger retraining, and the cooldown between triggers.
-    trigger_on: list[Literal["data", "prediction", "concept"]] = Field(
-        default_factory=lambda: ["data", "prediction", "concept"]
-    )
-    cooldown_days: int = 7
-    history_path: str = "drift/triggers.json"  # under the zone root
-    report_dir: str = "reports/drift"  # under the zone root
-    trend_days: int = 60  # realised-quality trend shown in the report
+    """Drift detectors, policy and cooldown (issue 8)."""
 
 
 class Settings(BaseSettings):
