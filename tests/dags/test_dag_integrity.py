@@ -1,0 +1,100 @@
+"""Every DAG imports cleanly, touches nothing at parse time, and has the expected shape."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+
+# dag_id -> {task_id: downstream task ids}. The graph is part of the contract with on-call.
+EXPECTED_GRAPHS: dict[str, dict[str, set[str]]] = {
+    "ingest": {
+        "collect_events": {"validate_events"},
+        "validate_events": {"publish_events"},
+        "publish_events": set(),
+    },
+}
+
+
+class ParseTimeSideEffect(AssertionError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    """Parse dags/ while any network connection, DB connection or mkdir raises."""
+    import sqlalchemy.engine
+    from airflow.dag_processing.dagbag import DagBag
+
+    touched: list[str] = []
+
+    def no_connect(self, address, *a, **k):
+        touched.append(f"socket connect to {address}")
+        raise ParseTimeSideEffect(f"DAG parse opened a connection to {address}")
+
+    def no_db(self, *a, **k):
+        touched.append("sqlalchemy connect")
+        raise ParseTimeSideEffect("DAG parse opened a database connection")
+
+    def no_mkdir(path, *a, **k):
+        touched.append(f"mkdir {path}")
+        raise ParseTimeSideEffect(f"DAG parse created a folder {path}")
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(socket.socket, "connect", no_connect)
+    mp.setattr(sqlalchemy.engine.Engine, "connect", no_db)
+    mp.setattr(os, "mkdir", no_mkdir)
+    mp.setattr(os, "makedirs", no_mkdir)
+    try:
+        bag = DagBag(dag_folder=str(DAGS), safe_mode=False)
+    finally:
+        mp.undo()
+    bag.parse_side_effects = touched
+    return bag
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert dagbag.dags, "no DAG found"
+
+
+def test_nothing_connects_or_creates_folders_at_parse_time(dagbag):
+    assert dagbag.parse_side_effects == []
+
+
+def test_every_dag_has_tags_docs_and_retries(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.tags, f"{dag_id} has no tags"
+        assert dag.doc_md and len(dag.doc_md) > 200, f"{dag_id} needs doc_md for on-call"
+        for task in dag.tasks:
+            assert task.retries >= 2, f"{dag_id}.{task.task_id} retries={task.retries}"
+
+
+def test_dag_ids_match_their_files(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert Path(dag.fileloc).stem == dag_id
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_GRAPHS))
+def test_task_graph(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    graph = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
+    assert graph == EXPECTED_GRAPHS[dag_id]
+
+
+def test_ingest_runs_one_utc_day_per_logical_date(dagbag):
+    import pendulum
+
+    dag = dagbag.dags["ingest"]
+    manual = dag.timetable.infer_manual_data_interval(
+        run_after=pendulum.datetime(2011, 3, 1, 15, 30, tz="UTC")
+    )
+    assert (manual.start, manual.end) == (
+        pendulum.datetime(2011, 3, 1, tz="UTC"),
+        pendulum.datetime(2011, 3, 2, tz="UTC"),
+    )
+    assert dag.max_active_runs >= 1
