@@ -175,7 +175,38 @@ class ServingSettings(BaseModel):
 
 
 class DriftSettings(BaseModel):
-    """Drift detectors, policy and cooldown (issue 8)."""
+    """Drift detectors, policy and cooldown (issue 8). Thresholds are data: the policy reads them here."""
+
+    # Data drift: a feature drifts only when its test is significant after the correction AND
+    # its effect size crosses the threshold (large samples make tiny shifts significant).
+    numeric_test: Literal["ks", "cvm"] = "ks"
+    correction: Literal["bonferroni", "fdr"] = "bonferroni"
+    p_val: float = 0.05
+    effect_size: Literal["psi", "wasserstein", "either"] = "psi"
+    psi_threshold: float = 0.2
+    wasserstein_threshold: float = 0.1  # Wasserstein-1 over the reference's standard deviation
+    psi_bins: int = 10
+    categorical_features: list[str] = Field(default_factory=list)
+    min_drifted_features: int = 1  # data drift needs at least this many drifted features
+    max_rows: int = 100_000  # per side; larger windows are sampled (seeded by the date)
+    # Prediction drift: the score distribution, KS and PSI on the same rule.
+    score_p_val: float = 0.05
+    score_psi_threshold: float = 0.2
+    # Concept drift: realised AUC of matured predictions vs the champion's evaluation AUC.
+    label_horizon_days: int = 30
+    window_days: int = 7  # days of served traffic (and of matured predictions) per check
+    min_matured: int = 200
+    auc_drop: float = 0.05
+    severe_auc_drop: float = 0.10
+    calibration_error: float = 0.10  # expected calibration error (ECE) that counts as drift
+    # Which signals may trigger retraining, and the cooldown between triggers.
+    trigger_on: list[Literal["data", "prediction", "concept"]] = Field(
+        default_factory=lambda: ["data", "prediction", "concept"]
+    )
+    cooldown_days: int = 7
+    history_path: str = "drift/triggers.json"  # under the zone root
+    report_dir: str = "reports/drift"  # under the zone root
+    trend_days: int = 60  # realised-quality trend shown in the report
 
 
 class Settings(BaseSettings):
