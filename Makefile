@@ -68,3 +68,13 @@ airflow: setup
 
 clean:
 	rm -rf data logs airflow.db simple_auth_manager_passwords.json.generated
+
+# Test-only MLServer venv (a real KServe V2 server standing in for Triton in the tritonclient tests).
+MLSERVER_VENV := $(ROOT)/.venv-mlserver
+$(MLSERVER_VENV)/.installed: requirements-mlserver.txt constraints-mlserver.txt
+	@test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip==25.3
+	$(MLSERVER_VENV)/bin/python -m pip install $(PIP_FLAGS) -r requirements-mlserver.txt -c constraints-mlserver.txt
+	touch $@
+.PHONY: venv-mlserver
+venv-mlserver: $(MLSERVER_VENV)/.installed

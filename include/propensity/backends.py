@@ -134,6 +134,10 @@ class ServerAdapter:
             return out[:, 1]
         return out.reshape(-1)
 
+    def carries_nan(self, protocol: str) -> bool:
+        """Whether missing features (NaN) reach the server: JSON has no NaN, binary tensors do."""
+        return protocol == "grpc" or self.binary_data
+
     def version_files(self, model_name: str, version: str | int) -> dict[str, bytes]:
         """Files the server needs beside the model file in a version folder."""
         if self.flavor != "mlserver":
@@ -226,6 +230,11 @@ class TritonBackend:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         x = to_feature_matrix(features)
+        if not self.adapter.carries_nan(self.protocol) and np.isnan(x).any():
+            raise ValueError(
+                f"{self.adapter.flavor} over {self.protocol} sends JSON tensors, which cannot carry missing "
+                "features (NaN): use gRPC"
+            )
         tc = self._module()
         inp = tc.InferInput(self.adapter.input_name, list(x.shape), "FP32")
         out_kwargs: dict[str, Any] = {}

@@ -121,11 +121,11 @@ def load_booster(model: Any) -> xgb.Booster:
     return booster
 
 
-def parity_sample(booster: xgb.Booster, rows: int, seed: int = 0) -> np.ndarray:
+def parity_sample(booster: xgb.Booster, rows: int, seed: int = 0, missing_share: float = 0.05) -> np.ndarray:
     """A fixed sample that reaches both sides of the model's splits.
 
     Each feature is drawn between its smallest and largest split threshold (widened), and
-    one value in twenty is missing, so the default branches are exercised too.
+    ``missing_share`` of the values are missing (NaN), so the default branches are exercised too.
     """
     n = booster.num_features()
     rng = np.random.default_rng(seed)
@@ -140,7 +140,7 @@ def parity_sample(booster: xgb.Booster, rows: int, seed: int = 0) -> np.ndarray:
             span = float(group["Split"].max() - group["Split"].min()) or 1.0
             lo[i], hi[i] = group["Split"].min() - 0.2 * span, group["Split"].max() + 0.2 * span
     x = rng.uniform(lo, hi, size=(rows, n)).astype(np.float32)
-    x[rng.random(size=x.shape) < 0.05] = np.nan
+    x[rng.random(size=x.shape) < missing_share] = np.nan
     return x
 
 
@@ -262,11 +262,18 @@ def deploy_model(
 
     prev_config = store.read_bytes(name, CONFIG_FILE) if store.exists(name, CONFIG_FILE) else None
     existed = store.exists(name, version, MODEL_FILE)
-    x = sample if sample is not None else parity_sample(booster, s.parity_rows)
+    adapter = adapter_for(s.server_flavor)
+    # Without a server the in-process backend reads the file: missing values are always testable.
+    carries_nan = not s.triton_url or adapter.carries_nan(s.triton_protocol)
+    x = (
+        sample
+        if sample is not None
+        else parity_sample(booster, s.parity_rows, missing_share=0.05 * carries_nan)
+    )
     x = np.ascontiguousarray(x, dtype=np.float32)
     try:
         store.write_bytes(model_bytes, name, version, MODEL_FILE)
-        for fname, data in adapter_for(s.server_flavor).version_files(name, version).items():
+        for fname, data in adapter.version_files(name, version).items():
             store.write_bytes(data, name, version, fname)
         store.write_bytes(config_text.encode(), name, CONFIG_FILE)
         served, _ = _served_backend(settings, version)
@@ -274,6 +281,7 @@ def deploy_model(
         want = np.asarray(booster.inplace_predict(x, validate_features=False), dtype=np.float64).reshape(-1)
         max_diff = float(np.max(np.abs(got - want))) if len(x) else 0.0
         record["parity_rows"] = len(x)
+        record["parity_with_missing_values"] = bool(np.isnan(x).any())
         record["parity_max_abs_diff"] = max_diff
         if not max_diff <= s.parity_tolerance:
             raise DeployError(
