@@ -1,0 +1,373 @@
+"""Features stage: every active customer's features as of a date, from validated events, in Spark.
+
+Snapshot convention: the snapshot ``as_of`` D holds one row per customer who placed at least one
+order (a non-return product line) in the 365 days before D, computed only from events with
+``event_time < D 00:00 UTC``; its ``event_timestamp`` is D 00:00 UTC. It is stored at
+``offline/customer_features/date=D/part-0.parquet`` (the Feast offline source).
+
+Feature definitions (windows are ``[D - w days, D)``; "order" = a distinct non-return order):
+
+* ``recency_days``: whole days from the last order's UTC date to D.
+* ``tenure_days``: whole days from the first to the last order (history window).
+* ``days_since_first_order``: whole days from the first order's date to D (history window).
+* ``orders_{7,30,90,365}d``, ``spend_{7,30,90,365}d``: order count and gross order value.
+* ``aov_90d``: ``spend_90d / orders_90d``; 0 when no order in 90 days.
+* ``distinct_items_90d``: distinct items bought in 90 days.
+* ``return_rate_90d``: returned value / (bought + returned value) in 90 days, in [0, 1]; 0 with neither.
+* ``mean_days_between_orders``, ``std_days_between_orders``: mean and population standard
+  deviation of the gaps (fractional days) between consecutive orders; null with one order.
+* ``spend_trend_30d``: ``ln(1 + spend_30d) - ln(1 + spend of the 30 days before)``: defined for
+  zero spend, symmetric for growth and decline.
+* ``is_home_country``: 1 when the customer's latest country is one of ``features.home_countries``,
+  0 when another, null when the source has no country. ``country`` itself is kept in the
+  snapshot (not a model input) for evaluation segments.
+
+Money is summed as decimals and gap statistics from exact integer sums, so a snapshot is
+bit-identical whether computed alone or with many other dates in one pass (bootstrap).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from propensity.collect import zone_store
+from propensity.settings import Settings
+from propensity.storage import (
+    Store,
+    list_partitions,
+    partition_parts,
+    read_partition,
+    write_partition,
+)
+
+log = logging.getLogger(__name__)
+
+VALIDATED_ZONE, EVENTS = "validated", "events"
+OFFLINE_ZONE, SNAPSHOTS = "offline", "customer_features"
+ENTITY_KEY = "customer_id"
+TIMESTAMP = "event_timestamp"
+WINDOWS = (7, 30, 90, 365)
+ACTIVE_DAYS = 365
+
+INT_FEATURES = (
+    "recency_days",
+    "tenure_days",
+    "days_since_first_order",
+    *(f"orders_{w}d" for w in WINDOWS),
+    "distinct_items_90d",
+)
+FLOAT_FEATURES = (
+    *(f"spend_{w}d" for w in WINDOWS),
+    "aov_90d",
+    "return_rate_90d",
+    "mean_days_between_orders",
+    "std_days_between_orders",
+    "spend_trend_30d",
+    "is_home_country",
+)
+# The model's inputs, in the order every consumer (training, serving, batch) must use.
+MODEL_FEATURES: tuple[str, ...] = (
+    "recency_days",
+    "tenure_days",
+    "days_since_first_order",
+    "orders_7d",
+    "orders_30d",
+    "orders_90d",
+    "orders_365d",
+    "spend_7d",
+    "spend_30d",
+    "spend_90d",
+    "spend_365d",
+    "aov_90d",
+    "distinct_items_90d",
+    "return_rate_90d",
+    "mean_days_between_orders",
+    "std_days_between_orders",
+    "spend_trend_30d",
+    "is_home_country",
+)
+SNAPSHOT_SCHEMA = pa.schema(
+    [
+        pa.field(ENTITY_KEY, pa.string(), nullable=False),
+        pa.field(TIMESTAMP, pa.timestamp("us", tz="UTC"), nullable=False),
+        *(pa.field(c, pa.int64() if c in INT_FEATURES else pa.float64()) for c in MODEL_FEATURES),
+        pa.field("country", pa.string()),
+    ]
+)
+EVENT_COLUMNS = ("customer_id", "event_time", "order_id", "item_id", "amount", "is_return", "country")
+
+_DAY_S = 86_400
+# Exact money: 4 decimals hold any float price x quantity the sources produce.
+_MONEY = "decimal(22,4)"
+
+
+class FeatureInputError(ValueError):
+    """The validated events a snapshot needs are missing or malformed."""
+
+
+# -- pure DataFrame functions -------------------------------------------------------------
+
+
+def product_events(events: DataFrame) -> DataFrame:
+    """The events features are built from: known customers' product lines."""
+    missing = [c for c in (*EVENT_COLUMNS, "line_kind") if c not in events.columns]
+    if missing:
+        raise FeatureInputError(f"validated events lack column(s) {missing}; got {events.columns}")
+    return events.where(F.col("customer_id").isNotNull() & (F.col("line_kind") == "product")).select(
+        *EVENT_COLUMNS
+    )
+
+
+def as_of_frame(spark: SparkSession, as_of_dates: Sequence[dt.date]) -> DataFrame:
+    """One row per snapshot date: ``as_of`` (date) and ``as_of_ts`` (its midnight UTC)."""
+    dates = sorted(set(as_of_dates))
+    if not dates:
+        raise ValueError("no as_of dates given")
+    frame = spark.createDataFrame([(d,) for d in dates], "as_of date")
+    # The session time zone is UTC (spark.py), so the cast is midnight UTC.
+    return frame.withColumn("as_of_ts", F.col("as_of").cast("timestamp"))
+
+
+def orders(events: DataFrame) -> DataFrame:
+    """One row per (customer, order, direction): time, absolute value and the country seen.
+
+    Also ``prev_time``, the previous purchase order's time for purchases, so gaps between
+    consecutive orders are computed once, whatever the snapshot dates.
+    """
+    from pyspark.sql.window import Window
+
+    per_order = events.groupBy("customer_id", "order_id", "is_return").agg(
+        F.min("event_time").alias("order_time"),
+        F.abs(F.sum(F.col("amount").cast(_MONEY))).alias("value"),
+        F.max("country").alias("country"),
+    )
+    by_customer = Window.partitionBy("customer_id", "is_return").orderBy("order_time", "order_id")
+    return per_order.withColumn("prev_time", F.lag("order_time").over(by_customer))
+
+
+def _in_window(age_s: Column, days: int, after_days: int = 0) -> Column:
+    """Event age (seconds before the snapshot) within ``(after_days, days]`` days."""
+    return (age_s > after_days * _DAY_S) & (age_s <= days * _DAY_S)
+
+
+def customer_features(
+    events: DataFrame,
+    as_of_dates: Sequence[dt.date],
+    *,
+    history_days: int = 730,
+    home_countries: Sequence[str] = (),
+) -> DataFrame:
+    """Snapshot rows (``as_of`` + :data:`SNAPSHOT_SCHEMA` columns) for every date, in one pass.
+
+    ``events`` are validated events (:func:`product_events` is applied here). A snapshot
+    only sees events in ``[as_of - history_days, as_of)``.
+    """
+    if history_days < ACTIVE_DAYS:
+        raise ValueError(f"history_days={history_days} must cover the {ACTIVE_DAYS}-day activity window")
+    lines = product_events(events)
+    spark = lines.sparkSession
+    dates = F.broadcast(as_of_frame(spark, as_of_dates))
+    history = F.expr(f"INTERVAL {history_days} DAYS")
+
+    o = orders(lines)
+    # Each order joins every snapshot that can see it: strictly before as_of, within history.
+    seen = o.join(dates, (o.order_time < dates.as_of_ts) & (o.order_time >= dates.as_of_ts - history))
+    age_s = F.col("as_of_ts").cast("long") - F.col("order_time").cast("long")
+    buy = ~F.col("is_return")
+    # A gap counts when both of its orders are inside this snapshot's history.
+    gap_ok = buy & F.col("prev_time").isNotNull() & (F.col("prev_time") >= F.col("as_of_ts") - history)
+    gap_s = F.col("order_time").cast("long") - F.col("prev_time").cast("long")
+
+    aggs = [
+        F.max(F.when(buy, F.col("order_time"))).alias("last_order"),
+        F.min(F.when(buy, F.col("order_time"))).alias("first_order"),
+        F.sum(F.when(gap_ok, 1).otherwise(0)).alias("n_gaps"),
+        F.sum(F.when(gap_ok, gap_s).otherwise(0)).alias("sum_gap"),
+        F.sum(F.when(gap_ok, gap_s.cast("decimal(38,0)") * gap_s).otherwise(0)).alias("sum_gap2"),
+        F.sum(F.when(~buy & _in_window(age_s, 90), F.col("value")).otherwise(0)).alias("returned_90d"),
+        F.sum(F.when(buy & _in_window(age_s, 60, 30), F.col("value")).otherwise(0)).alias("spend_prev_30d"),
+        # Latest known country: max over (time, country) structs is deterministic on ties.
+        F.max(F.when(F.col("country").isNotNull(), F.struct("order_time", "country"))).alias("latest"),
+    ]
+    for w in WINDOWS:
+        aggs.append(F.sum(F.when(buy & _in_window(age_s, w), 1).otherwise(0)).alias(f"orders_{w}d"))
+        aggs.append(
+            F.sum(F.when(buy & _in_window(age_s, w), F.col("value")).otherwise(0)).alias(f"money_{w}d")
+        )
+    per = (
+        seen.groupBy("customer_id", "as_of", "as_of_ts").agg(*aggs).where(F.col(f"orders_{ACTIVE_DAYS}d") > 0)
+    )
+
+    items = (
+        lines.where(~F.col("is_return") & F.col("item_id").isNotNull())
+        .select("customer_id", "item_id", F.to_date("event_time").alias("day"))
+        .distinct()
+    )
+    items = (
+        items.join(dates, (items.day < dates.as_of) & (items.day >= F.date_sub(dates.as_of, 90)))
+        .groupBy("customer_id", "as_of")
+        .agg(F.countDistinct("item_id").alias("distinct_items_90d"))
+    )
+    per = per.join(items, ["customer_id", "as_of"], "left")
+
+    spend = {w: F.col(f"money_{w}d").cast("double") for w in WINDOWS}
+    n_gaps = F.col("n_gaps")
+    # Population variance from exact integer sums: (n * sum(g^2) - sum(g)^2) / n^2.
+    var_num = (
+        n_gaps.cast("decimal(38,0)") * F.col("sum_gap2")
+        - F.col("sum_gap").cast("decimal(38,0)") * F.col("sum_gap")
+    ).cast("double")
+    country = F.col("latest.country")
+    home = list(home_countries)
+    out = per.select(
+        "as_of",
+        F.col("customer_id").alias(ENTITY_KEY),
+        F.col("as_of_ts").alias(TIMESTAMP),
+        F.datediff("as_of", F.to_date("last_order")).cast("long").alias("recency_days"),
+        F.datediff(F.to_date("last_order"), F.to_date("first_order")).cast("long").alias("tenure_days"),
+        F.datediff("as_of", F.to_date("first_order")).cast("long").alias("days_since_first_order"),
+        *(F.col(f"orders_{w}d").cast("long").alias(f"orders_{w}d") for w in WINDOWS),
+        *(spend[w].alias(f"spend_{w}d") for w in WINDOWS),
+        F.when(F.col("orders_90d") > 0, spend[90] / F.col("orders_90d")).otherwise(0.0).alias("aov_90d"),
+        F.coalesce(F.col("distinct_items_90d"), F.lit(0)).cast("long").alias("distinct_items_90d"),
+        F.when(
+            F.col("money_90d") + F.col("returned_90d") > 0,
+            F.col("returned_90d").cast("double")
+            / (F.col("money_90d") + F.col("returned_90d")).cast("double"),
+        )
+        .otherwise(0.0)
+        .alias("return_rate_90d"),
+        F.when(n_gaps > 0, F.col("sum_gap") / n_gaps / _DAY_S).alias("mean_days_between_orders"),
+        F.when(n_gaps > 0, F.sqrt(F.greatest(var_num, F.lit(0.0))) / n_gaps / _DAY_S).alias(
+            "std_days_between_orders"
+        ),
+        (
+            F.log1p(F.greatest(spend[30], F.lit(0.0)))
+            - F.log1p(F.greatest(F.col("spend_prev_30d").cast("double"), F.lit(0.0)))
+        ).alias("spend_trend_30d"),
+        F.when(country.isNull(), F.lit(None).cast("double"))
+        .when(country.isin(home) if home else F.lit(False), 1.0)
+        .otherwise(0.0)
+        .alias("is_home_country"),
+        country.alias("country"),
+    )
+    return out
+
+
+# -- the job: validated partitions in, one offline partition per date out ------------------
+
+
+def validated_days_needed(
+    store: Store, as_of_dates: Sequence[dt.date], history_days: int
+) -> tuple[list[dt.date], dt.date, dt.date]:
+    """(validated partitions to read, first day, last day) for these snapshots.
+
+    Every day from the first validated partition (or the history start, if later) to the day
+    before the latest snapshot must be present: a missing day would silently drop its orders.
+    """
+    available = set(list_partitions(store, VALIDATED_ZONE, EVENTS))
+    if not available:
+        raise FeatureInputError(f"no validated partitions under {store.uri_of(VALIDATED_ZONE, EVENTS)}")
+    start = max(min(as_of_dates) - dt.timedelta(days=history_days), min(available))
+    end = max(as_of_dates) - dt.timedelta(days=1)
+    days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+    missing = [d for d in days if d not in available]
+    if missing:
+        shown = ", ".join(d.isoformat() for d in missing[:5])
+        raise FeatureInputError(
+            f"{len(missing)} validated partition(s) missing under {store.uri_of(VALIDATED_ZONE, EVENTS)} "
+            f"(e.g. date={shown}): snapshots as of {min(as_of_dates)}..{max(as_of_dates)} need every day "
+            f"from {start} to {end}; validate those days first"
+        )
+    return days, start, end
+
+
+def read_validated(spark: SparkSession, store: Store, days: Sequence[dt.date]) -> DataFrame:
+    """Validated events of ``days`` as a Spark DataFrame.
+
+    Local zones are read by Spark itself (as on a cluster). S3 zones go through Arrow, because
+    Spark here has no s3a connector (Maven is unreachable for hadoop-aws).
+    """
+    cols = [*EVENT_COLUMNS, "line_kind"]
+    if store.is_local:
+        paths = [store.path(*partition_parts(VALIDATED_ZONE, EVENTS, d), "part-0.parquet") for d in days]
+        return spark.read.parquet(*paths).select(*cols)
+    tables = [read_partition(store, VALIDATED_ZONE, EVENTS, d).select(cols) for d in days]
+    return spark.createDataFrame(pa.concat_tables(tables, promote_options="permissive"))
+
+
+def to_snapshots(features: DataFrame) -> dict[dt.date, pa.Table]:
+    """Collect snapshot rows into one Arrow table per date, sorted by customer (deterministic bytes)."""
+    table = features.toArrow()
+    out: dict[dt.date, pa.Table] = {}
+    as_of = table.column("as_of")
+    for day in sorted(set(as_of.to_pylist())):
+        part = table.filter(pc.equal(as_of, pa.scalar(day, as_of.type))).drop_columns(["as_of"])
+        part = part.sort_by([(ENTITY_KEY, "ascending")])
+        out[day] = part.select(SNAPSHOT_SCHEMA.names).cast(SNAPSHOT_SCHEMA)
+    return out
+
+
+def compute_features(settings: Settings, as_of_dates: Sequence[dt.date]) -> list[str]:
+    """Compute and store the snapshots of ``as_of_dates`` in one Spark pass; returns their URIs.
+
+    Every snapshot is computed before any is written, and each write replaces its partition
+    atomically: a failure leaves each date either as it was or complete, and a retry rewrites
+    the same bytes.
+    """
+    from propensity.spark import spark_session
+
+    dates = sorted(set(as_of_dates))
+    if not dates:
+        raise ValueError("compute_features needs at least one as_of date")
+    cfg = settings.features
+    store = zone_store(settings)
+    days, start, end = validated_days_needed(store, dates, cfg.history_days)
+    spark = spark_session(
+        settings.spark.master,
+        "propensity-features",
+        settings.spark.shuffle_partitions,
+        settings.spark.driver_memory,
+    )
+    log.info(
+        "features as of %s..%s (%d dates) from validated %s..%s", dates[0], dates[-1], len(dates), start, end
+    )
+    events = read_validated(spark, store, days)
+    frame = customer_features(events, dates, history_days=cfg.history_days, home_countries=cfg.home_countries)
+    snapshots = to_snapshots(frame)
+    uris = []
+    for day in dates:
+        # A date with no active customer still gets an (empty) snapshot: "computed, nobody active".
+        table = snapshots.get(day, SNAPSHOT_SCHEMA.empty_table())
+        uris.append(write_partition(store, OFFLINE_ZONE, SNAPSHOTS, day, table))
+        log.info("snapshot %s: %d customers -> %s", day, table.num_rows, uris[-1])
+    return uris
+
+
+def read_snapshot(settings: Settings, as_of: dt.date) -> pa.Table:
+    """The stored snapshot of ``as_of`` (FileNotFoundError naming it when absent)."""
+    return read_partition(zone_store(settings), OFFLINE_ZONE, SNAPSHOTS, as_of)
+
+
+def snapshot_dates(settings: Settings) -> list[dt.date]:
+    """Dates with a stored snapshot."""
+    return list_partitions(zone_store(settings), OFFLINE_ZONE, SNAPSHOTS)
+
+
+def content_hash(table: pa.Table) -> str:
+    """SHA-256 of a table's rows sorted by every column: equal content, equal hash."""
+    import hashlib
+    import io
+
+    ordered = table.sort_by([(c, "ascending") for c in table.column_names])
+    buf = io.BytesIO()
+    pq.write_table(ordered, buf, compression="none")
+    return hashlib.sha256(buf.getvalue()).hexdigest()

@@ -1,0 +1,120 @@
+"""The feature job's DataFrame functions on hand-made events, expected values computed by hand."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import pytest
+from feature_events import EVENTS, UK, line, table
+
+from propensity.features import (
+    MODEL_FEATURES,
+    SNAPSHOT_SCHEMA,
+    content_hash,
+    customer_features,
+    to_snapshots,
+)
+
+D = dt.date(2011, 4, 1)
+D2 = dt.date(2011, 4, 2)
+
+
+def snapshot(spark, rows, dates=(D,), **kw):
+    frame = customer_features(spark.createDataFrame(table(rows)), list(dates), home_countries=[UK], **kw)
+    return to_snapshots(frame)
+
+
+def by_customer(tbl):
+    return {r["customer_id"]: r for r in tbl.to_pylist()}
+
+
+def test_features_match_hand_computed_values(spark):
+    snaps = snapshot(spark, EVENTS)
+    tbl = snaps[D]
+    assert tbl.schema == SNAPSHOT_SCHEMA
+    rows = by_customer(tbl)
+    # C's last order is 396 days old (inactive); the guest line has no customer.
+    assert list(rows) == ["A", "B"]
+
+    a = rows["A"]
+    assert a["event_timestamp"] == dt.datetime(2011, 4, 1, tzinfo=dt.UTC)
+    # Orders O1 (Jan 1 10:00), O2 (Mar 1 12:00), O3 (Mar 20 08:00); O4 at Apr 1 00:00 is not before D.
+    assert a["recency_days"] == 12  # Mar 20 -> Apr 1
+    assert a["tenure_days"] == 78  # Jan 1 -> Mar 20
+    assert a["days_since_first_order"] == 90
+    assert (a["orders_7d"], a["orders_30d"], a["orders_90d"], a["orders_365d"]) == (0, 1, 3, 3)
+    # O2 is 30.5 days old: outside the 30-day window, inside the previous 30 days.
+    assert (a["spend_7d"], a["spend_30d"], a["spend_90d"], a["spend_365d"]) == (0.0, 13.0, 35.5, 35.5)
+    assert a["aov_90d"] == pytest.approx(35.5 / 3)
+    assert a["distinct_items_90d"] == 3  # X, Y, Z (W is bought at D, POST is not a product)
+    assert a["return_rate_90d"] == pytest.approx(10 / 45.5)  # R1 returned 10 of 35.5 + 10
+    gaps = (59 + 2 / 24, 18 + 20 / 24)  # O1->O2, O2->O3 in days
+    assert a["mean_days_between_orders"] == pytest.approx(sum(gaps) / 2)
+    assert a["std_days_between_orders"] == pytest.approx(abs(gaps[0] - gaps[1]) / 2)
+    assert a["spend_trend_30d"] == pytest.approx(math.log(14) - math.log(11))
+    assert a["is_home_country"] == 1.0
+    assert a["country"] == UK
+
+    b = rows["B"]
+    assert (b["recency_days"], b["tenure_days"], b["days_since_first_order"]) == (356, 0, 356)
+    assert (b["orders_90d"], b["orders_365d"], b["spend_365d"], b["spend_90d"]) == (0, 1, 100.0, 0.0)
+    assert (b["aov_90d"], b["distinct_items_90d"], b["return_rate_90d"]) == (0.0, 0, 0.0)
+    assert b["mean_days_between_orders"] is None and b["std_days_between_orders"] is None
+    assert b["spend_trend_30d"] == 0.0
+    assert b["is_home_country"] is None and b["country"] is None
+
+
+def test_model_features_are_numeric_columns_of_the_snapshot():
+    assert len(set(MODEL_FEATURES)) == len(MODEL_FEATURES)
+    for name in MODEL_FEATURES:
+        field = SNAPSHOT_SCHEMA.field(name)
+        assert field.type in ("int64", "double"), name
+
+
+def test_next_day_sees_the_midnight_order(spark):
+    a = by_customer(snapshot(spark, EVENTS, dates=[D2])[D2])["A"]
+    # The 90-day item window now starts Jan 2: Y (Jan 1 only) drops out, W comes in.
+    assert (a["recency_days"], a["orders_7d"], a["spend_7d"], a["distinct_items_90d"]) == (1, 1, 7.0, 3)
+
+
+def test_history_window_bounds_first_order(spark):
+    # With 365 days of history, A's first order is still Jan 1, B's still Apr 10 2010.
+    rows = by_customer(snapshot(spark, EVENTS, history_days=365)[D])
+    assert rows["B"]["days_since_first_order"] == 356
+    with pytest.raises(ValueError, match="history_days"):
+        snapshot(spark, EVENTS, history_days=90)
+
+
+def test_no_leak_from_events_at_or_after_the_cutoff(spark):
+    """Point-in-time: events moved to the cutoff day (or later) must not change the snapshot."""
+    baseline = snapshot(spark, EVENTS)[D]
+    later = [
+        # O3, moved from Mar 20 to the cutoff day, is gone from the snapshot (not leaked in).
+        *EVENTS,
+        line("A", "2011-04-01 00:00:00", "O8", "V", 9, 9.0, country="France"),
+        line("A", "2011-04-01 23:59:59", "R9", "X", -3, 10.0, country=UK),
+        line("B", "2011-04-01 12:00:00", "O9", "Q", 1, 1.0, country=UK),
+        line("D", "2011-04-01 00:00:00", "O10", "Q", 1, 1.0, country=UK),
+    ]
+    assert content_hash(snapshot(spark, later)[D]) == content_hash(baseline)
+    # The control: the same event one second before the cutoff does change it.
+    early = [*EVENTS, line("B", "2011-03-31 23:59:59", "O9", "Q", 1, 1.0, country=UK)]
+    assert content_hash(snapshot(spark, early)[D]) != content_hash(baseline)
+
+
+def test_many_dates_in_one_pass_equal_each_date_alone(spark):
+    dates = [dt.date(2011, 1, 2), dt.date(2011, 3, 5), D, D2, dt.date(2011, 6, 1)]
+    together = snapshot(spark, EVENTS, dates=dates)
+    for day in dates:
+        alone = snapshot(spark, EVENTS, dates=[day])
+        assert content_hash(together[day]) == content_hash(alone[day]), day
+    # Jan 2: A's order of 14 hours before counts, and so does C's, 307 days old.
+    assert sorted(by_customer(together[dt.date(2011, 1, 2)])) == ["A", "B", "C"]
+    assert by_customer(together[dt.date(2011, 6, 1)])["A"]["recency_days"] == 61
+
+
+def test_missing_column_is_named(spark):
+    frame = spark.createDataFrame(table(EVENTS)).drop("line_kind")
+    with pytest.raises(ValueError, match="line_kind"):
+        customer_features(frame, [D])
