@@ -128,6 +128,17 @@ class ValidationSettings(BaseModel):
 class FeatureSettings(BaseModel):
     """Spark feature job, offline store and Feast (issue 4)."""
 
+    history_days: int = 730  # how far back a snapshot looks (tenure, first order, gaps)
+    home_countries: list[str] = Field(default_factory=list)  # is_home_country = 1 for these
+    label_days: int = 30  # training label: an order in [cutoff, cutoff + label_days)
+    feast_project: str = "propensity"
+    registry: str = "data/feast/registry.db"  # a local path or s3://... (Feast file registry)
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    sqlite_path: str = "data/feast/online.db"
+    # Feast's format: host:port,db=N[,password=...]; a password comes from the environment only.
+    redis_connection: str = "127.0.0.1:6379,db=0"
+    ttl_days: int = 1  # a snapshot serves point-in-time lookups up to this long after its date
+
 
 class TrainingSettings(BaseModel):
     """Training, evaluation, gate and registry (issue 5)."""
