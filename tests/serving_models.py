@@ -29,3 +29,58 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+FEATURE_TIME = "2011-12-01T00:00:00+00:00"
+
+
+def make_feast_store(folder, customers: dict[str, list[float]], online_store=None):
+    """A real Feast store (file registry; SQLite online store unless given) holding ``customers``.
+
+    One entity, one feature view with FEATURES as Float64, one FeatureService ``propensity_v1``;
+    rows go straight to the online store (``write_to_online_store``), as materialize would.
+    """
+    import datetime as dt
+
+    import pandas as pd
+    from feast import (
+        Entity,
+        FeatureService,
+        FeatureStore,
+        FeatureView,
+        Field,
+        FileSource,
+        RepoConfig,
+        ValueType,
+    )
+    from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+    from feast.types import Float64
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = RepoConfig(
+        project="serving_test",
+        registry=str(folder / "registry.db"),
+        provider="local",
+        online_store=online_store or SqliteOnlineStoreConfig(path=str(folder / "online.db")),
+        entity_key_serialization_version=3,
+    )
+    store = FeatureStore(config=config)
+    ts = pd.Timestamp(FEATURE_TIME)
+    frame = pd.DataFrame(
+        {"customer_id": list(customers), "event_timestamp": [ts] * len(customers)}
+        | {f: [float(v[i]) for v in customers.values()] for i, f in enumerate(FEATURES)}
+    )
+    frame.to_parquet(folder / "features.parquet")
+    customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.STRING)
+    view = FeatureView(
+        name="customer_features",
+        entities=[customer],
+        ttl=dt.timedelta(days=3650),
+        # Stored in a different order from the model's: the API must reorder by name.
+        schema=[Field(name=f, dtype=Float64) for f in reversed(FEATURES)],
+        source=FileSource(path=str(folder / "features.parquet"), timestamp_field="event_timestamp"),
+        online=True,
+    )
+    store.apply([customer, view, FeatureService(name="propensity_v1", features=[view])])
+    store.write_to_online_store("customer_features", frame)
+    return store

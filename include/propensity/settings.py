@@ -171,15 +171,17 @@ class ServingSettings(BaseModel):
     max_batch: int = 100  # customer ids per POST /predict
     unknown_customer: Literal["404", "cold_start"] = "404"
     fallback_to_inprocess: bool = False  # model server down: score in-process and flag it
-    feature_timeout_s: float = 0.05  # online store read; down -> 503 well inside the 100 ms SLA
     auth_required: bool = True
     api_keys_env: str = "PROPENSITY_API_KEYS"  # name of the variable holding comma-separated keys
     shadow_enabled: bool = True
     prediction_log_dir: str = "predictions/log"  # under the zone root
     prediction_log_flush_rows: int = 500
     prediction_log_flush_s: float = 5.0
+    # Feast repo and the FeatureService the champion was trained on (the API reads through it).
+    feature_repo: str = "feature_repo"
+    feature_service: str = "propensity_v1"
 
-    @field_validator("repository")
+    @field_validator("repository", "feature_repo")
     @classmethod
     def _absolute_repository(cls, v: str) -> str:
         return resolve_path(v)
