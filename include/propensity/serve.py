@@ -126,15 +126,20 @@ class FeastFeatureSource:
 
 
 def feast_feature_source(settings: Settings) -> FeastFeatureSource:
-    """The Feast store of ``feature_repo/`` and the FeatureService the model was trained on.
+    """The Feast store and the FeatureService the model was trained on.
 
-    NOTE: built from the committed Feast repo here; when ``propensity.feature_store`` (issue 4)
-    exposes the store and the service name, this should call it instead so both sides share one.
+    Uses ``propensity.feature_store`` (issue 4: the same store and service name as training)
+    when it is installed; otherwise the Feast repo at ``serving.feature_repo``.
     """
-    from feast import FeatureStore
+    try:
+        from propensity.feature_store import FEATURE_SERVICE, feature_store
+    except ImportError:
+        from feast import FeatureStore
 
-    repo = settings.serving.feature_repo
-    return FeastFeatureSource(FeatureStore(repo_path=repo), settings.serving.feature_service)
+        return FeastFeatureSource(
+            FeatureStore(repo_path=settings.serving.feature_repo), settings.serving.feature_service
+        )
+    return FeastFeatureSource(feature_store(settings), FEATURE_SERVICE)
 
 
 # -- prediction log -----------------------------------------------------------------------
