@@ -395,17 +395,23 @@ def run_checks(window: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str
     return out
 
 
-def run_checks_from_files(manifest: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+def run_checks_from_files(
+    manifest: Mapping[str, Any], params: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """:func:`run_checks` on a window staged as Parquet by the main venv (see ``drift_data``).
 
     A 100k-row window is too big for an XCom; the main venv stages it in the zone and passes
-    the URIs, and this side reads them with pyarrow.
+    the URIs, and this side reads them with pyarrow. ``params`` default to the manifest's.
     """
     import pyarrow.parquet as pq
 
     from propensity.storage import open_store
 
-    store = open_store(manifest["zone_root"], s3_endpoint_url=manifest.get("s3_endpoint_url"))
+    store = open_store(
+        manifest["zone_root"],
+        s3_endpoint_url=manifest.get("s3_endpoint_url"),
+        s3_region=manifest.get("s3_region", "us-east-1"),
+    )
     window: dict[str, Any] = {
         "feature_columns": manifest["feature_columns"],
         "reference_auc": manifest.get("reference_auc"),
@@ -414,4 +420,4 @@ def run_checks_from_files(manifest: Mapping[str, Any], params: Mapping[str, Any]
         with store.fs.open_input_file(store.path(rel)) as fh:
             table = pq.read_table(fh)
         window[key] = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
-    return run_checks(window, params)
+    return run_checks(window, params if params is not None else manifest["params"])

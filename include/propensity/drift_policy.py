@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from propensity.settings import DriftSettings
+from propensity.settings import DriftSettings, Settings
 from propensity.storage import Store
 
 log = logging.getLogger(__name__)
@@ -188,3 +188,26 @@ def decide_and_record(
     verdict = decide(checks, policy, day, read_history(store, policy.history_path))
     record_verdict(store, policy.history_path, verdict)
     return verdict
+
+
+def decide_and_record_for(settings: Settings, day: dt.date, checks: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`decide_and_record` against the zone of ``settings`` (the DAG's entry point)."""
+    from propensity.collect import zone_store
+
+    return decide_and_record(checks, settings.drift, day, zone_store(settings))
+
+
+def training_conf(
+    verdict: Mapping[str, Any], report: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The ``training`` DAG's conf when the verdict triggers retraining, else None."""
+    if not verdict["trigger"]:
+        return None
+    return {
+        "reason": verdict["reason"],
+        "drifted_features": list(verdict["drifted_features"]),
+        "triggered_by": "drift",
+        "as_of": verdict["day"],
+        "severity": verdict["severity"],
+        "report": (report or {}).get("html"),
+    }
