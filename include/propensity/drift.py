@@ -421,3 +421,104 @@ def run_checks_from_files(
             table = pq.read_table(fh)
         window[key] = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
     return run_checks(window, params if params is not None else manifest["params"])
+
+
+# -- calibration on stored snapshots ------------------------------------------------------
+
+# Snapshot columns that are not model inputs: keys, timestamps, and the evaluation segment.
+NON_FEATURES = ("customer_id", "event_timestamp", "country")
+
+
+def calibrate(settings: Any, reference_dates: Sequence[Any], check_dates: Sequence[Any]) -> dict[str, Any]:
+    """Data-drift verdicts of each check date's snapshot against the pooled reference dates' snapshots.
+
+    For calibration of the thresholds on real data: the alarm rate over stable check dates is
+    the false-alarm rate, and the first alarming date of a known shift its detection delay.
+    Verdicts are per day without the cooldown (which only spaces triggers out).
+    """
+    import pyarrow as pa
+
+    from propensity.drift_policy import decide
+    from propensity.storage import open_store, read_partition
+
+    store = open_store(
+        settings.zone_root, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+    )
+    policy = settings.drift
+    params = policy.model_dump()
+
+    def snapshot(day: Any) -> dict[str, np.ndarray]:
+        table = read_partition(store, "offline", "customer_features", day)
+        return {
+            c: table.column(c).to_numpy(zero_copy_only=False)
+            for c in table.column_names
+            if c not in NON_FEATURES
+        }
+
+    pooled = pa.concat_tables(
+        [read_partition(store, "offline", "customer_features", d) for d in reference_dates]
+    )
+    reference = {
+        c: pooled.column(c).to_numpy(zero_copy_only=False)
+        for c in pooled.column_names
+        if c not in NON_FEATURES
+    }
+    rows = []
+    for day in check_dates:
+        result = data_drift(
+            reference,
+            snapshot(day),
+            categorical=params["categorical_features"],
+            numeric_test=params["numeric_test"],
+            correction=params["correction"],
+            p_val=params["p_val"],
+            effect_size=params["effect_size"],
+            psi_threshold=params["psi_threshold"],
+            wasserstein_threshold=params["wasserstein_threshold"],
+            bins=params["psi_bins"],
+        )
+        verdict = decide({"data": {"snapshot": result}}, policy, day)
+        rows.append(
+            {
+                "day": day.isoformat(),
+                "alarm": verdict["trigger"],
+                "drifted_features": result["drifted_features"],
+                "max_psi": max(f["psi"] for f in result["features"].values()),
+            }
+        )
+    alarms = [r for r in rows if r["alarm"]]
+    return {
+        "reference_dates": [d.isoformat() for d in reference_dates],
+        "checks": rows,
+        "alarm_rate": len(alarms) / max(len(rows), 1),
+        "first_alarm": alarms[0]["day"] if alarms else None,
+    }
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    """``python -m propensity.drift REF_FROM REF_TO CHECK_FROM CHECK_TO`` (drift venv): calibration JSON."""
+    import argparse
+    import datetime as dt
+    import json
+    import sys
+
+    from propensity.settings import get_settings
+    from propensity.storage import list_partitions, open_store
+
+    parser = argparse.ArgumentParser(description=_main.__doc__)
+    for name in ("ref_from", "ref_to", "check_from", "check_to"):
+        parser.add_argument(name, type=dt.date.fromisoformat)
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    store = open_store(
+        settings.zone_root, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+    )
+    have = list_partitions(store, "offline", "customer_features")
+    ref = [d for d in have if args.ref_from <= d <= args.ref_to]
+    check = [d for d in have if args.check_from <= d <= args.check_to]
+    logging.basicConfig(level=logging.WARNING)
+    json.dump(calibrate(settings, ref, check), sys.stdout, indent=2)
+
+
+if __name__ == "__main__":
+    _main()
