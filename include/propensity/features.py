@@ -371,3 +371,61 @@ def content_hash(table: pa.Table) -> str:
     buf = io.BytesIO()
     pq.write_table(ordered, buf, compression="none")
     return hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+def run_dates(
+    validated_days: Sequence[str | dt.date], data_interval_end: dt.datetime | None
+) -> list[dt.date]:
+    """The snapshot dates one ``features`` run computes.
+
+    Asset-triggered: each validated day V makes the snapshot as of V + 1 computable.
+    Time-scheduled (and backfill): the snapshot as of the data interval's end.
+    """
+    if validated_days:
+        days = {d if isinstance(d, dt.date) else dt.date.fromisoformat(str(d)) for d in validated_days}
+        return sorted(d + dt.timedelta(days=1) for d in days)
+    if data_interval_end is None:
+        raise ValueError("a features run needs validated days (asset events) or a data interval")
+    end = data_interval_end.astimezone(dt.UTC)
+    if end.time() != dt.time(0):
+        raise ValueError(f"data interval end {end} is not a UTC midnight: snapshots are per date")
+    return [end.date()]
+
+
+def compute_features_for_run(
+    settings: Settings, validated_days: Sequence[str | dt.date], data_interval_end: dt.datetime | None
+) -> dict[str, list[str]]:
+    """:func:`compute_features` for the dates of one DAG run; returns the dates and URIs."""
+    dates = run_dates(validated_days, data_interval_end)
+    uris = compute_features(settings, dates)
+    return {"as_of": [d.isoformat() for d in dates], "uris": uris}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Bootstrap history in one Spark pass:
+    ``python -m propensity.features FROM TO [--every N] [--materialize]`` (as_of dates, inclusive)."""
+    import argparse
+
+    from propensity.settings import get_settings
+
+    parser = argparse.ArgumentParser(prog="python -m propensity.features", description=main.__doc__)
+    parser.add_argument("first", type=dt.date.fromisoformat)
+    parser.add_argument("last", type=dt.date.fromisoformat)
+    parser.add_argument("--every", type=int, default=1, help="days between snapshot dates")
+    parser.add_argument("--materialize", action="store_true", help="then load the last one online")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    dates = [
+        args.first + dt.timedelta(days=i) for i in range(0, (args.last - args.first).days + 1, args.every)
+    ]
+    settings = get_settings()
+    compute_features(settings, dates)
+    if args.materialize:
+        from propensity.feature_store import materialize_dates
+
+        materialize_dates(settings, dates)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
