@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CANONICAL_FIELDS = (
@@ -93,6 +93,9 @@ class TradingCalendar(BaseModel):
     closed_weekdays: list[int] = Field(default_factory=list)  # Monday=0 ... Sunday=6
     closures: list[dt.date] = Field(default_factory=list)  # single days
     closure_ranges: list[tuple[dt.date, dt.date]] = Field(default_factory=list)  # inclusive
+    # Days relative to (Western) Easter Sunday when the business closes: 0 is Easter Sunday itself,
+    # a closed day for large shops in England (Sunday Trading Act) though not a bank holiday.
+    easter_offsets: list[int] = Field(default_factory=list)
 
 
 class SourceSettings(BaseModel):
@@ -113,6 +116,9 @@ class SourceSettings(BaseModel):
     calendar: TradingCalendar = Field(default_factory=TradingCalendar)
     # Where the demo fetches the data when ``path`` is absent (UCI id 352, an .xlsx in a zip).
     download_url: str | None = None
+    # Item ids of fee/adjustment lines (postage, manual, bank charges, ...): validated rows get
+    # line_kind "non_product" so features can tell them from purchases of products.
+    non_product_items: list[str] = Field(default_factory=list)
 
 
 class SparkSettings(BaseModel):
@@ -122,7 +128,37 @@ class SparkSettings(BaseModel):
 
 
 class ValidationSettings(BaseModel):
-    """Great Expectations suite thresholds and the batch gate (issue 3)."""
+    """Great Expectations suite thresholds and the batch gate (issue 3). Thresholds are data."""
+
+    class Alerts(BaseModel):
+        """Where alerts go (the whole project's notifier); the log always gets them."""
+
+        file: bool = True  # JSON lines under <zone_root>/alerts/
+        webhook_url: str | None = None  # POSTed a JSON body; may carry a token: set it from the environment
+        smtp_host: str | None = None
+        smtp_port: int = 25
+        smtp_sender: str = "propensity@localhost"
+        smtp_recipients: list[str] = Field(default_factory=list)
+        smtp_user: str | None = None  # password only from $PROPENSITY_VALIDATION__ALERTS__SMTP_PASSWORD
+        smtp_password: str | None = None
+        timeout_s: float = 10.0
+
+    # Row level: a row failing any of these is quarantined with the check's name.
+    max_abs_quantity: int = 10_000  # 80,995 units was a keying error, cancelled minutes later
+    max_unit_price: float = 10_000.0  # product lines only; fee lines carry arbitrary amounts
+    # Batch gate: the day fails (nothing published) when any of these is off.
+    max_quarantine_share: float = 0.10
+    max_duplicate_share: float = 0.25  # exact copies of an earlier line, over all lines: a file sent twice
+    guest_share_band: tuple[float, float] = (0.0, 0.95)  # share of lines without a customer
+    volume_factor: float = 10.0  # rows outside [usual / f, usual x f] for the weekday are suspicious
+    volume_history_weeks: int = 8  # same-weekday days before D that define "usual"
+    amount_median_factor: float = 4.0  # median sale amount vs the trailing median of daily medians
+    amount_history_days: int = 28
+    country_history_days: int = 90  # countries seen in this window are "known"; new ones are reported
+    min_history: int = 3  # passed days needed before a learned band applies
+    min_rows_for_distribution: int = 30  # fewer rows: shares and medians are noise, not checked
+    data_docs: bool = True  # render Great Expectations Data Docs under <zone_root>/reports/data_docs/
+    alerts: ValidationSettings.Alerts = Field(default_factory=lambda: ValidationSettings.Alerts())
 
 
 class FeatureSettings(BaseModel):
@@ -140,8 +176,77 @@ class FeatureSettings(BaseModel):
     ttl_days: int = 1  # a snapshot serves point-in-time lookups up to this long after its date
 
 
+class GateThresholds(BaseModel):
+    """Promotion gate, as data. Every check reports observed value, threshold and verdict."""
+
+    # (a) challenger AUC must exceed champion AUC x (1 + min_relative_auc_gain)
+    min_relative_auc_gain: float = 0.005
+    # (b) no key segment may lose more than this much AUC, and no segment may be missing
+    max_segment_auc_drop: float = 0.02
+    # First model (no champion): absolute floors instead of a comparison
+    min_auc_first_model: float = 0.70
+    min_gain_over_recency_baseline: float = 0.0
+    # (c) shadow test bounds
+    shadow_max_psi: float = 0.25
+    shadow_min_rank_corr: float = 0.80
+    shadow_max_error_rate: float = 0.0
+    shadow_max_p99_ms: float = 100.0
+
+
 class TrainingSettings(BaseModel):
     """Training, evaluation, gate and registry (issue 5)."""
+
+    model_config = ConfigDict(validate_default=True)
+
+    model_name: str = "purchase_propensity"
+    experiment: str = "purchase_propensity"
+    # Local: a SQLite file and a folder; prod: an MLflow server or Postgres + S3 (from the environment).
+    mlflow_tracking_uri: str = "sqlite:///data/mlflow.db"
+    mlflow_artifact_root: str = "data/mlartifacts"
+    # Alias moves and their audit trail: SQLite locally, Postgres in prod (compare-and-set lives here).
+    audit_db_url: str = "sqlite:///data/registry_audit.db"
+    label_horizon_days: int = 30
+    cutoff_step_days: int = 7
+    # The first cutoff leaves this much history before it, so features are not all cold-start.
+    min_history_days: int = 90
+    eval_cutoffs: int = 2  # most recent matured cutoffs: evaluation only, never trained on
+    validation_cutoffs: int = 1  # the latest training cutoffs: early stopping only
+    xgb_params: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "objective": "binary:logistic",
+            "tree_method": "hist",
+            "eval_metric": "auc",
+            "max_depth": 4,
+            "eta": 0.05,
+            "subsample": 0.8,
+            "colsample_bytree": 0.8,
+            "min_child_weight": 5,
+            "seed": 7,
+            "nthread": 2,
+        }
+    )
+    num_boost_round: int = 600
+    early_stopping_rounds: int = 40
+    # Optional small search: a few max_depth/eta pairs, stopped when the time budget runs out.
+    search_enabled: bool = False
+    search_budget_s: float = 60.0
+    segment_min_size: int = 100
+    bootstrap_samples: int = 500
+    bootstrap_seed: int = 7
+    gate: GateThresholds = Field(default_factory=GateThresholds)
+
+    @field_validator("mlflow_tracking_uri", "audit_db_url")
+    @classmethod
+    def _sqlite_relative_to_home(cls, v: str) -> str:
+        prefix = "sqlite:///"
+        if v.startswith(prefix) and not v.startswith(prefix + "/"):
+            return prefix + resolve_path(v[len(prefix) :])
+        return v
+
+    @field_validator("mlflow_artifact_root")
+    @classmethod
+    def _artifacts_absolute(cls, v: str) -> str:
+        return resolve_path(v)
 
 
 class ServingSettings(BaseModel):

@@ -17,6 +17,18 @@ EXPECTED_GRAPHS: dict[str, dict[str, set[str]]] = {
         "validate_events": {"publish_events"},
         "publish_events": set(),
     },
+    "training": {
+        "choose_path": {"build_training_set", "rollback_champion"},
+        "build_training_set": {"train_model"},
+        "train_model": {"evaluate_model", "register_challenger", "gate_model"},
+        "evaluate_model": {"register_challenger", "gate_model"},
+        "register_challenger": {"shadow_test", "gate_model", "promote_model"},
+        "shadow_test": {"gate_model"},
+        "gate_model": {"promote_model"},
+        "promote_model": {"deploy_champion"},
+        "rollback_champion": {"deploy_champion"},
+        "deploy_champion": set(),
+    },
 }
 
 
