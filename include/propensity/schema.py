@@ -32,3 +32,11 @@ LINEAGE_SCHEMA = pa.schema(
 RAW_SCHEMA = pa.schema(list(EVENT_SCHEMA) + list(LINEAGE_SCHEMA))
 EVENT_COLUMNS = EVENT_SCHEMA.names
 RAW_COLUMNS = RAW_SCHEMA.names
+
+# validated/events: the raw columns plus what validation decided about the line. Guest rows
+# (null customer_id) stay here; the feature stage filters them.
+LINE_KINDS = ("product", "non_product")  # non_product: fee/adjustment lines (source.non_product_items)
+VALIDATED_SCHEMA = pa.schema(list(RAW_SCHEMA) + [pa.field("line_kind", pa.string())])
+
+# quarantine/events: the raw columns plus the name of every check the line failed.
+QUARANTINE_SCHEMA = pa.schema(list(RAW_SCHEMA) + [pa.field("quarantine_reasons", pa.list_(pa.string()))])
