@@ -19,12 +19,14 @@ export GX_ANALYTICS_ENABLED := False
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
-.PHONY: help venv venv-drift setup airflow-db demo test test-unit lint airflow clean
+.PHONY: help venv venv-drift setup airflow-db demo test test-unit lint airflow serve mlflow clean
 
 help:
 	@echo "make demo     set up (venvs, Airflow DB) and run the pipeline on embedded defaults"
 	@echo "make test     set up and run every test"
 	@echo "make airflow  Airflow UI on :8080 with this repo's DAGs (Ctrl-C stops it)"
+	@echo "make serve    prediction API on :8000 (needs a deployed champion: make demo)"
+	@echo "make mlflow   MLflow UI on :5000 over the local tracking store"
 	@echo "make lint     ruff"
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
@@ -52,7 +54,7 @@ setup: venv venv-drift airflow-db
 demo: setup
 	$(PY) -m propensity.demo
 
-test: setup
+test: setup venv-mlserver
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: venv
@@ -65,6 +67,13 @@ lint: venv
 # Ctrl-C sends SIGINT, which stops standalone's scheduler, api-server and workers together.
 airflow: setup
 	exec $(VENV)/bin/airflow standalone
+
+# API keys come from the environment; the local default key is only for this machine.
+serve: setup
+	PROPENSITY_API_KEYS=$${PROPENSITY_API_KEYS:-local-dev-key} $(PY) -m propensity.serve
+
+mlflow: venv
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(ROOT)/data/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf data logs airflow.db simple_auth_manager_passwords.json.generated
