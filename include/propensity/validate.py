@@ -643,6 +643,7 @@ def collect_and_validate(settings: Settings, first: dt.date, last: dt.date) -> d
     A failed day is reported and the loop goes on: one bad day stops only itself.
     """
     from propensity.collect import collect
+    from propensity.sources import SourceError
 
     totals: Counter = Counter()
     reasons: Counter = Counter()
@@ -651,9 +652,13 @@ def collect_and_validate(settings: Settings, first: dt.date, last: dt.date) -> d
     day = first
     while day <= last:
         start, end = _utc_bounds(day)
-        collect(settings, start, end)
         try:
+            collect(settings, start, end)
             summary = validate(settings, start, end)
+        except SourceError as exc:
+            failed[day.isoformat()] = f"collect: {exc}"
+            day += dt.timedelta(days=1)
+            continue
         except ValidationFailed as exc:
             summary = exc.summary
             failed[day.isoformat()] = str(exc)
