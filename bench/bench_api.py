@@ -1,0 +1,340 @@
+"""Bench: the prediction API vs ``mlflow models serve`` of the same model, side by side in one run.
+
+Ours: ``python -m propensity.serve`` (uvicorn, one process) on loopback, reading each customer's
+features from Feast with Redis as the online store (the real ``feature_repo/`` definitions and
+FeatureService), scoring the deployed champion in-process, logging the request. The peer:
+``mlflow models serve`` (one uvicorn worker) of the same booster, registered in MLflow, which only
+runs the model: the client sends it the features inline. Both get single-customer requests at
+concurrency 1 and 8 from keep-alive client threads in this process, a fixed count per level.
+Goals (issue 6): p99 <= 10 ms at concurrency 8, and throughput >= 2x the peer's.
+
+The time split of one request comes from the API's Server-Timing header (feature lookup, model)
+and the client's wall time (the rest: HTTP, validation, JSON, logging hand-off).
+
+    .venv/bin/python bench/bench_api.py [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+KEY = "bench-key"
+CUSTOMERS = 4372  # as many as the Online Retail history has
+MODEL_NAME = "bench_propensity"
+FEAST_PROJECT = "bench_api"
+REDIS = os.environ.get("BENCH_REDIS", "127.0.0.1:6379")
+REDIS_DB = 14  # away from the tests' db 0; the project's keys are torn down at the end
+P99_GOAL_MS = 10.0
+THROUGHPUT_GOAL = 2.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_model_and_features(features: tuple[str, ...]) -> tuple[Any, dict[str, np.ndarray]]:
+    """A booster of the project's shape (depth 4, hundreds of trees) on customer-like features."""
+    import xgboost as xgb
+
+    rng = np.random.default_rng(7)
+    n = CUSTOMERS
+    x = np.column_stack(
+        [rng.gamma(1.5, 30.0, n) if "days" in f or "spend" in f else rng.poisson(2.0, n) for f in features]
+    ).astype(np.float32)
+    from propensity.features import INT_FEATURES
+
+    for j, f in enumerate(features):
+        if f in INT_FEATURES:  # stored as Int64 in Feast: the peer must get the same whole numbers
+            x[:, j] = np.floor(x[:, j])
+    logit = -0.03 * x[:, 0] + 0.4 * np.log1p(x[:, features.index("orders_90d")]) + rng.normal(0, 1, n)
+    y = (logit > np.median(logit)).astype(int)
+    params = {"objective": "binary:logistic", "max_depth": 4, "eta": 0.05, "nthread": 1, "seed": 7}
+    booster = xgb.train(params, xgb.DMatrix(x, label=y, feature_names=list(features)), num_boost_round=300)
+    ids = [str(12346 + i) for i in range(n)]
+    return booster, {cid: x[i] for i, cid in enumerate(ids)}
+
+
+def wait_http(port: int, path: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on :{port} exited with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"server on :{port} not ready in {timeout_s:.0f} s")
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    """End the server and its children: each was started as the leader of its own group."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def load(port: int, path: str, bodies: list[bytes], concurrency: int, headers: dict[str, str]) -> dict:
+    """Send every body once from ``concurrency`` keep-alive connections; latencies in ms."""
+    lat: list[float] = []
+    timings: list[str] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    chunks = [bodies[i::concurrency] for i in range(concurrency)]
+
+    def worker(chunk: list[bytes]) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        mine, stamps = [], []
+        for body in chunk:
+            t = time.perf_counter()
+            conn.request("POST", path, body=body, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            mine.append((time.perf_counter() - t) * 1e3)
+            if resp.status != 200:
+                with lock:
+                    errors.append(str(resp.status))
+            stamps.append(resp.getheader("Server-Timing") or "")
+        conn.close()
+        with lock:
+            lat.extend(mine)
+            timings.extend(stamps)
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in chunks]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"{len(errors)} failed requests on :{port}, e.g. HTTP {errors[0]}")
+    q = np.percentile(lat, [50, 99])
+    return {"p50": float(q[0]), "p99": float(q[1]), "rps": len(bodies) / wall, "lat": lat, "timings": timings}
+
+
+def split_of(result: dict) -> dict[str, float]:
+    """Median feature lookup and model time (Server-Timing) and the rest of the client's wall time."""
+    feats, model = [], []
+    for header in result["timings"]:
+        parts = dict(re.findall(r"(\w+);dur=([\d.]+)", header))
+        feats.append(float(parts["features"]))
+        model.append(float(parts["model"]))
+    f, m, total = statistics.median(feats), statistics.median(model), statistics.median(result["lat"])
+    return {"features": f, "model": m, "framework": total - f - m, "total": total}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--requests", type=int, default=2000, help="requests per concurrency level and server"
+    )
+    args = parser.parse_args()
+
+    import pandas as pd
+
+    from propensity.deploy import deploy_model
+    from propensity.feature_store import FEATURE_VIEW, feature_store
+    from propensity.features import INT_FEATURES, MODEL_FEATURES
+    from propensity.settings import Settings
+
+    work = Path(tempfile.mkdtemp(prefix="bench_api_"))
+    host, port_redis = REDIS.split(":")
+    env = {
+        **os.environ,
+        "PROPENSITY_HOME": str(ROOT),
+        "PROPENSITY_PROFILE": "local",
+        "PROPENSITY_ZONE_ROOT": str(work / "zones"),
+        "PROPENSITY_CACHE_DIR": str(work / "cache"),
+        "PROPENSITY_FEATURES__ONLINE_STORE": "redis",
+        "PROPENSITY_FEATURES__REDIS_CONNECTION": f"{host}:{port_redis},db={REDIS_DB},retry=null,socket_timeout=1",
+        "PROPENSITY_FEATURES__REGISTRY": str(work / "registry.db"),
+        "PROPENSITY_FEATURES__FEAST_PROJECT": FEAST_PROJECT,
+        "PROPENSITY_FEATURES__TTL_DAYS": "36500",  # the bench's snapshot must not expire
+        "PROPENSITY_SERVING__REPOSITORY": str(work / "models"),
+        "PROPENSITY_SERVING__SHADOW_ENABLED": "false",
+        "PROPENSITY_TRAINING__MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
+        "PROPENSITY_TRAINING__MLFLOW_ARTIFACT_ROOT": str(work / "mlartifacts"),
+        "PROPENSITY_API_KEYS": KEY,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
+        "MLFLOW_ENABLE_TELEMETRY": "false",
+        # mlflow models serve execs `uvicorn` by name: the venv's, not whatever PATH finds first.
+        "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DO_NOT_TRACK": "1",
+    }
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("PROPENSITY_", "MLFLOW_"))})
+    settings = Settings()  # type: ignore[call-arg]
+
+    booster, rows = make_model_and_features(MODEL_FEATURES)
+    deploy_model(settings, booster, 1, "champion")
+    store = feature_store(settings, apply=True)
+    ts = pd.Timestamp("2011-12-09", tz="UTC")
+    frame = pd.DataFrame({"customer_id": list(rows), "as_of": ts, "event_timestamp": ts})
+    for j, name in enumerate(MODEL_FEATURES):
+        cast = int if name in INT_FEATURES else float
+        frame[name] = [cast(v[j]) for v in rows.values()]
+    # Written empty: serve.FeastFeatureSource packs every service field into a float array, and
+    # a string country there fails every request (reported; serve.py is not this bench's to change).
+    frame["country"] = None
+    store.write_to_online_store(FEATURE_VIEW, frame)
+
+    import mlflow
+    import mlflow.xgboost
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_experiment("bench_api")
+    example = pd.DataFrame([rows[next(iter(rows))]], columns=list(MODEL_FEATURES))
+    with mlflow.start_run():
+        mlflow.xgboost.log_model(
+            booster, name="model", registered_model_name=MODEL_NAME, input_example=example
+        )
+
+    rng = np.random.default_rng(1)
+    ids = list(rows)
+    pick = [ids[i] for i in rng.integers(0, len(ids), args.requests)]
+    ours_bodies = [json.dumps({"customer_id": cid}).encode() for cid in pick]
+    peer_bodies = [
+        json.dumps(
+            {"dataframe_split": {"columns": list(MODEL_FEATURES), "data": [rows[cid].tolist()]}}
+        ).encode()
+        for cid in pick
+    ]
+    api_port, mlflow_port = free_port(), free_port()
+    api = peer = None
+    results: dict[str, dict[int, dict]] = {"ours": {}, "peer": {}}
+    try:
+        api = subprocess.Popen(
+            [PY, "-m", "propensity.serve"],
+            env={**env, "PROPENSITY_SERVING__PORT": str(api_port)},
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / "api.log", "wb"),
+        )
+        peer = subprocess.Popen(
+            [
+                str(Path(PY).parent / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{MODEL_NAME}/1",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(mlflow_port),
+                "-w",
+                "1",
+            ],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / "mlflow.log", "wb"),
+        )
+        wait_http(api_port, "/readyz", api)
+        wait_http(mlflow_port, "/ping", peer)
+        ours_h = {"content-type": "application/json", "X-API-Key": KEY}
+        peer_h = {"content-type": "application/json"}
+        # Same answers first: the bench compares two servings of one model, not two models.
+        conn = http.client.HTTPConnection("127.0.0.1", api_port)
+        conn.request("POST", "/predict", body=ours_bodies[0], headers=ours_h)
+        ours_score = json.loads(conn.getresponse().read())["score"]
+        conn = http.client.HTTPConnection("127.0.0.1", mlflow_port)
+        conn.request("POST", "/invocations", body=peer_bodies[0], headers=peer_h)
+        peer_score = json.loads(conn.getresponse().read())["predictions"][0]
+        if abs(ours_score - peer_score) > 1e-6:
+            raise RuntimeError(f"the two servers disagree: {ours_score} vs {peer_score}")
+        for c in (1, 8):
+            warm = min(200, args.requests)
+            load(api_port, "/predict", ours_bodies[:warm], c, ours_h)
+            load(mlflow_port, "/invocations", peer_bodies[:warm], c, peer_h)
+            results["ours"][c] = load(api_port, "/predict", ours_bodies, c, ours_h)
+            results["peer"][c] = load(mlflow_port, "/invocations", peer_bodies, c, peer_h)
+    finally:
+        stop(api)
+        stop(peer)
+        try:
+            store.teardown()  # removes this project's keys from Redis
+        except Exception as exc:  # a bench must not hide its figures behind a cleanup failure
+            print(f"feast teardown failed: {exc}", file=sys.stderr)
+    shutil.rmtree(work, ignore_errors=True)
+
+    print(f"API bench: {args.requests} single-customer requests per level, loopback, {os.cpu_count()} cores")
+    print("ours: propensity.serve (uvicorn, 1 process) + Feast/Redis features + in-process XGBoost")
+    print("peer: mlflow models serve (1 worker), features sent inline (model only)\n")
+    print(f"{'server':<8}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
+    for who in ("ours", "peer"):
+        for c in (1, 8):
+            r = results[who][c]
+            print(f"{who:<8}{c:>5}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['rps']:>9.0f}")
+    s = split_of(results["ours"][1])
+    print(
+        f"\none request of ours at concurrency 1 (medians): feature lookup {s['features']:.2f} ms, "
+        f"model {s['model']:.2f} ms, framework + HTTP {s['framework']:.2f} ms, total {s['total']:.2f} ms"
+    )
+    o8, p8 = results["ours"][8], results["peer"][8]
+    lines = [
+        {
+            "figure": "API p99 latency, 1 customer, concurrency 8",
+            "ours": round(o8["p99"], 2),
+            "peer": round(p8["p99"], 2),
+            "ratio": round(o8["p99"] / p8["p99"], 2),
+            "goal": f"ours <= {P99_GOAL_MS:g} ms",
+            "met": o8["p99"] <= P99_GOAL_MS,
+            "unit": "ms",
+        },
+        {
+            "figure": "API throughput, 1 customer, concurrency 8",
+            "ours": round(o8["rps"], 1),
+            "peer": round(p8["rps"], 1),
+            "ratio": round(o8["rps"] / p8["rps"], 2),
+            "goal": f"ratio >= {THROUGHPUT_GOAL:g}",
+            "met": o8["rps"] / p8["rps"] >= THROUGHPUT_GOAL,
+            "unit": "req/s",
+        },
+        {
+            "figure": "API p50 latency, 1 customer, concurrency 1",
+            "ours": round(results["ours"][1]["p50"], 2),
+            "peer": round(results["peer"][1]["p50"], 2),
+            "ratio": round(results["ours"][1]["p50"] / results["peer"][1]["p50"], 2),
+            "goal": None,
+            "met": None,
+            "unit": "ms",
+        },
+    ]
+    for line in lines:
+        print("BENCH " + json.dumps(line))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
