@@ -87,3 +87,10 @@ $(MLSERVER_VENV)/.installed: requirements-mlserver.txt constraints-mlserver.txt
 	touch $@
 .PHONY: venv-mlserver
 venv-mlserver: $(MLSERVER_VENV)/.installed
+
+# Every bench/bench_*.py (ours vs a peer, one run each), then one table in bench/RESULTS.md.
+# bench_api needs Redis on 127.0.0.1:6379. BENCH_ARGS: e.g. --only api,drift --timeout 600
+BENCH_ARGS ?= --timeout 900
+.PHONY: bench
+bench: setup
+	$(PY) bench/run_all.py $(BENCH_ARGS)
