@@ -207,6 +207,7 @@ class TrainingSettings(BaseModel):
     audit_db_url: str = "sqlite:///data/registry_audit.db"
     label_horizon_days: int = 30
     cutoff_step_days: int = 7
+    cutoff_weekday: int = 0  # cutoffs fall on Mondays: one snapshot grid shared by every training run
     # The first cutoff leaves this much history before it, so features are not all cold-start.
     min_history_days: int = 90
     eval_cutoffs: int = 2  # most recent matured cutoffs: evaluation only, never trained on
@@ -327,6 +328,28 @@ class DriftSettings(BaseModel):
     trend_days: int = 60  # realised-quality trend shown in the report
 
 
+class BatchSettings(BaseModel):
+    """Nightly batch scoring into the predictions table (issue 7)."""
+
+    # sqlite:///<path> (local) or postgresql://user@host:port/db (prod). Never a password here:
+    # libpq reads PGPASSWORD, or set the whole URL in $PROPENSITY_BATCH__DB_URL.
+    db_url: str = "sqlite:///data/predictions.db"
+    db_schema: str | None = None  # Postgres schema of the tables; None: the search_path's (public)
+    connect_timeout_s: int = 10  # a down database fails the task after this, and the retry succeeds
+    max_feature_age_days: int = 0  # score day D from the latest snapshot in [D - this, D]
+    partitions: int = 0  # scoring partitions; 0: Spark's default parallelism
+    arrow_batch_rows: int = 50_000  # rows per mapInPandas batch (one inplace_predict call each)
+    top_n: int = 10  # top-scored customers returned (and printed by the demo)
+
+    @field_validator("db_url")
+    @classmethod
+    def _sqlite_relative_to_home(cls, v: str) -> str:
+        prefix = "sqlite:///"
+        if v.startswith(prefix) and not v.startswith(prefix + "/"):
+            return prefix + resolve_path(v[len(prefix) :])
+        return v
+
+
 class Settings(BaseSettings):
     """Everything the pipeline needs to know about where it runs."""
 
@@ -347,6 +370,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
 
     @field_validator("zone_root", "cache_dir")
     @classmethod
