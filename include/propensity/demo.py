@@ -1,7 +1,15 @@
-"""``make demo``: the pipeline on embedded defaults, through real Airflow DAG runs.
+"""``make demo``: the whole loop on embedded defaults, through real Airflow DAG runs.
 
-Each day is a real DagRun of the repo's DAGs (``DAG.test``: recorded in Airflow's metadata DB,
-tasks run by the task SDK), all in one process so Airflow is imported once.
+Every step is a DagRun of this repo's DAGs (``DAG.test``: recorded in Airflow's metadata DB,
+tasks run by the task SDK), all in one process so Airflow is imported once:
+
+  1. bootstrap   one wide run: collect + validate Dec 2010 - Nov 2011, every feature snapshot
+  2. daily       ingest + features DagRuns for the final days (1-9 Dec 2011)
+  3. training    the first champion (as of 31 Oct 2011), gated, deployed to models/
+  4. batch       batch_inference scores every active customer of the last day
+  5. serve       the prediction API answers real customers' requests
+  6. drift       a drift DagRun per day of November 2011; the shift triggers training
+  7. retrain     the training run drift asked for: challenger vs champion through the gate
 """
 
 from __future__ import annotations
@@ -9,36 +17,43 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("propensity.demo")
 
-DEMO_FIRST_DAY = dt.date(2011, 11, 1)
-DEMO_LAST_DAY = dt.date(2011, 12, 9)
+FIRST_DAY = dt.date(2010, 12, 1)
+BOOTSTRAP_LAST_DAY = dt.date(2011, 11, 30)
+LAST_DAY = dt.date(2011, 12, 9)
+FIRST_TRAINING_AS_OF = dt.date(2011, 10, 31)
+DRIFT_DAYS = (dt.date(2011, 11, 1), dt.date(2011, 11, 30))
 
 
 def _quiet_airflow() -> None:
-    """Keep the terminal for the demo's own progress; Airflow's task logs still go to logs/."""
-    import structlog
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     for name in ("airflow", "great_expectations", "py4j", "feast", "mlflow", "alembic", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+_BAG = None
+
+
 def load_dag(dag_id: str):
+    global _BAG
     from airflow.dag_processing.dagbag import DagBag
 
     from propensity.settings import project_home
 
-    bag = DagBag(dag_folder=str(project_home() / "dags"), safe_mode=False)
-    if bag.import_errors:
-        raise SystemExit(f"DAG import errors: {bag.import_errors}")
-    return bag.dags[dag_id]
+    if _BAG is None:
+        _BAG = DagBag(dag_folder=str(project_home() / "dags"), safe_mode=False)
+        if _BAG.import_errors:
+            raise SystemExit(f"DAG import errors: {_BAG.import_errors}")
+    return _BAG.dags[dag_id]
 
 
 @contextlib.contextmanager
@@ -64,63 +79,133 @@ def airflow_output_to(log_file: Path):
             terminal.close()
 
 
-def run_days(dag_id: str, days: list[dt.date], conf: dict | None = None) -> list[tuple[dt.date, str]]:
-    """One DagRun per day, in order, with a progress bar; returns (day, state)."""
-    from tqdm import tqdm
-
+def log_file() -> Path:
     from propensity.settings import project_home
 
+    return project_home() / "logs" / "demo.log"
+
+
+def run_dag(dag_id: str, day: dt.date | None, conf: dict | None = None) -> str:
+    """One DagRun; returns its state. Task output goes to logs/demo.log."""
     dag = load_dag(dag_id)
-    states = []
-    log_file = project_home() / "logs" / "demo.log"
-    with airflow_output_to(log_file) as terminal:
-        bar = tqdm(days, desc=f"{dag_id:>16}", unit="run", file=terminal, dynamic_ncols=True)
-        for day in bar:
-            bar.set_postfix_str(day.isoformat())
-            logical = dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC)
-            run = dag.test(logical_date=logical, run_after=logical, run_conf=conf)
-            states.append((day, str(getattr(run, "state", "unknown"))))
-        bar.close()
-    failed = [d for d, s in states if s != "success"]
-    if failed:
-        print(f"  {len(failed)} {dag_id} run(s) did not succeed: {failed[:10]}; task logs: {log_file}")
+    logical = dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC) if day else None
+    with airflow_output_to(log_file()):
+        run = dag.test(logical_date=logical, run_after=logical or dt.datetime.now(dt.UTC), run_conf=conf)
+    return str(getattr(run, "state", "unknown"))
+
+
+def run_days(dag_ids: list[str], days: list[dt.date]) -> dict[str, list[tuple[dt.date, str]]]:
+    """For each day, one DagRun of each DAG in order, with a progress bar."""
+    from tqdm import tqdm
+
+    states: dict[str, list[tuple[dt.date, str]]] = {d: [] for d in dag_ids}
+    bar = tqdm(
+        total=len(days) * len(dag_ids), desc="  daily runs", unit="run", file=sys.stdout, dynamic_ncols=True
+    )
+    for day in days:
+        for dag_id in dag_ids:
+            bar.set_postfix_str(f"{dag_id} {day}")
+            states[dag_id].append((day, run_dag(dag_id, day)))
+            bar.update()
+    bar.close()
     return states
 
 
-def days_between(first: dt.date, last: dt.date) -> list[dt.date]:
-    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+def xcom(dag_id: str, task_id: str) -> Any:
+    """The latest return value of a task (read from Airflow's metadata DB)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter(XComModel.dag_id == dag_id, XComModel.task_id == task_id, XComModel.key == "return_value")
+            .order_by(XComModel.timestamp.desc())
+            .first()
+        )
+        return XComModel.deserialize_value(row) if row else None
 
 
-def summarise_partitions(zone: str, dataset: str, days: list[dt.date]) -> list[tuple[dt.date, int, str]]:
-    import pyarrow.parquet as pq
+def queued_training_runs() -> list[tuple[str, dict]]:
+    """Training runs the drift DAG requested (without a scheduler, nobody has started them)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
 
-    from propensity.collect import zone_store
-    from propensity.settings import get_settings
-    from propensity.storage import PART_FILE, partition_exists, partition_parts
+    with create_session() as session:
+        runs = (
+            session.query(DagRun)
+            .filter(DagRun.dag_id == "training", DagRun.state == DagRunState.QUEUED)
+            .all()
+        )
+        out = [(r.run_id, dict(r.conf or {})) for r in runs]
+        for r in runs:
+            session.delete(r)  # executed below by the demo itself; a later scheduler must not repeat it
+    return out
 
-    store = zone_store(get_settings())
-    rows = []
-    for day in days:
-        if partition_exists(store, zone, dataset, day):
-            path = store.path(*partition_parts(zone, dataset, day), PART_FILE)
-            with store.fs.open_input_file(path) as fh:
-                rows.append(
-                    (
-                        day,
-                        pq.ParquetFile(fh).metadata.num_rows,
-                        store.uri_of(*partition_parts(zone, dataset, day)),
-                    )
+
+def step(n: int, total: int, title: str) -> float:
+    print(f"\n[{n}/{total}] {title}", flush=True)
+    return time.monotonic()
+
+
+def done(started: float, what: str) -> None:
+    print(f"  {what} ({time.monotonic() - started:.0f}s)", flush=True)
+
+
+def serve_requests(settings, customers: list[str]) -> list[dict]:
+    """Start the API (uvicorn, a separate process), ask it about real customers, stop it."""
+    import httpx
+
+    port = _free_port()
+    env = os.environ | {"PROPENSITY_API_KEYS": "demo-key", "PROPENSITY_SERVING__PORT": str(port)}
+    with open(log_file(), "a") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "propensity.serve"], env=env, stdout=sink, stderr=sink)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"the API did not become ready on {url}; see {log_file()}")
+        answers = []
+        with httpx.Client(base_url=url, headers={"X-API-Key": "demo-key"}, timeout=5) as client:
+            for cid in customers:
+                t0 = time.perf_counter()
+                r = client.post("/predict", json={"customer_id": cid})
+                answers.append(
+                    {
+                        "customer_id": cid,
+                        "status": r.status_code,
+                        "ms": (time.perf_counter() - t0) * 1000,
+                        **(r.json() if r.status_code == 200 else {"error": r.text[:200]}),
+                    }
                 )
-    return rows
+        return answers
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--first-day", type=dt.date.fromisoformat, default=DEMO_FIRST_DAY)
-    parser.add_argument("--last-day", type=dt.date.fromisoformat, default=DEMO_LAST_DAY)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--skip-bootstrap", action="store_true", help="reuse data/zones from an earlier demo")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     _quiet_airflow()
 
@@ -130,28 +215,182 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     source_path = ensure_source(settings)
     if source_path != settings.source.path:
-        get_settings.cache_clear()
         os.environ["PROPENSITY_SOURCE__PATH"] = source_path
+        get_settings.cache_clear()
         settings = get_settings()
-    print(f"source: {settings.source.path}\nzones:  {settings.zone_root}\n", flush=True)
-
-    started = time.monotonic()
-    days = days_between(args.first_day, args.last_day)
-    print(f"[1/1] ingest: {len(days)} daily DAG runs, {days[0]} .. {days[-1]}", flush=True)
-    states = run_days("ingest", days)
-    failed = [(d, s) for d, s in states if s != "success"]
-
-    print("\nraw partitions (rows, location):")
-    total = 0
-    for day, rows, uri in summarise_partitions("raw", "events", days):
-        total += rows
-        print(f"  {day}  {rows:6d}  {uri}")
-    print(f"\n{len(days)} days, {total} rows collected in {time.monotonic() - started:.0f}s")
-    if failed:
-        print(f"FAILED runs: {failed}")
-        return 1
+    total_started = time.monotonic()
     print(
-        f"Airflow UI: make airflow (http://localhost:8080); logs under {Path(os.environ.get('AIRFLOW_HOME', '.')) / 'logs'}"
+        f"source: {settings.source.path}\nzones:  {settings.zone_root}\nAirflow task logs: {log_file()}",
+        flush=True,
+    )
+    summary: dict[str, Any] = {}
+    steps = 7
+
+    t = step(
+        1,
+        steps,
+        f"bootstrap: one wide DagRun, collect + validate {FIRST_DAY} .. {BOOTSTRAP_LAST_DAY}, all snapshots",
+    )
+    if not args.skip_bootstrap:
+        state = run_dag(
+            "bootstrap",
+            BOOTSTRAP_LAST_DAY,
+            {
+                "first_day": FIRST_DAY.isoformat(),
+                "last_day": BOOTSTRAP_LAST_DAY.isoformat(),
+                "daily_snapshots_from": DRIFT_DAYS[0].isoformat(),
+            },
+        )
+        ingest = xcom("bootstrap", "ingest_history") or {}
+        feats = xcom("bootstrap", "history_features") or {}
+        summary["bootstrap"] = {"state": state, "ingest": ingest, "features": feats}
+        print(f"  state {state}: {ingest.get('days')} days, counts {ingest.get('counts')}")
+        print(f"  quarantined by reason: {ingest.get('reasons')}")
+        print(
+            f"  closed days (explained by the trading calendar): {len(ingest.get('closed_empty_days', {}))}; failed days: {ingest.get('failed_days')}"
+        )
+        print(f"  feature snapshots: {feats.get('snapshots')} ({feats.get('first')} .. {feats.get('last')})")
+        if state != "success":
+            print(f"bootstrap failed: see {log_file()}")
+            return 1
+    done(t, "bootstrap done")
+
+    t = step(
+        2,
+        steps,
+        f"daily DagRuns: ingest + features, {BOOTSTRAP_LAST_DAY + dt.timedelta(days=1)} .. {LAST_DAY}",
+    )
+    days = [
+        BOOTSTRAP_LAST_DAY + dt.timedelta(days=i) for i in range(1, (LAST_DAY - BOOTSTRAP_LAST_DAY).days + 1)
+    ]
+    daily = run_days(["ingest", "features"], days)
+    bad = {k: [(d.isoformat(), s) for d, s in v if s != "success"] for k, v in daily.items()}
+    summary["daily"] = {k: len(v) for k, v in daily.items()} | {"not_successful": bad}
+    print(f"  {len(days)} days x 2 DAGs; not successful: {bad if any(bad.values()) else 'none'}")
+    done(t, "daily runs done")
+
+    t = step(3, steps, f"training: first champion as of {FIRST_TRAINING_AS_OF}")
+    state = run_dag(
+        "training",
+        FIRST_TRAINING_AS_OF,
+        {"reason": "first model (demo)", "training_end_date": FIRST_TRAINING_AS_OF.isoformat()},
+    )
+    first_gate = xcom("training", "gate_model") or {}
+    print(
+        f"  state {state}; gate {'PROMOTE' if first_gate.get('passed') else 'REFUSE'} ({first_gate.get('mode')})"
+    )
+    from propensity.training_pipeline import champion_summary
+
+    champ = champion_summary(settings)
+    summary["first_champion"] = champ
+    print(
+        f"  champion v{champ.get('champion')}: eval AUC {champ.get('eval_auc', float('nan')):.4f} | recency baseline {champ.get('baseline_recency_auc', float('nan')):.4f} | frequency baseline {champ.get('baseline_frequency_auc', float('nan')):.4f}"
+    )
+    done(t, "training done")
+
+    t = step(
+        4, steps, f"batch_inference: score every active customer as of {LAST_DAY + dt.timedelta(days=1)}"
+    )
+    batch_state = run_dag(
+        "batch_inference",
+        LAST_DAY + dt.timedelta(days=1),
+        {"as_of": (LAST_DAY + dt.timedelta(days=1)).isoformat()},
+    )
+    batch = xcom("batch_inference", "score_customers") or {}
+    summary["batch"] = {"state": batch_state, **{k: v for k, v in batch.items() if k != "top"}}
+    print(f"  state {batch_state}: {batch.get('rows')} rows written with model v{batch.get('model_version')}")
+    for cid, score in (batch.get("top") or [])[:5]:
+        print(f"    top customer {cid}: {score:.3f}")
+    done(t, "batch done")
+
+    t = step(5, steps, "serve: the prediction API answers real customers")
+    from propensity.features import read_snapshot
+
+    snap = read_snapshot(settings, LAST_DAY + dt.timedelta(days=1)).to_pandas()
+    customers = snap["customer_id"].head(20).tolist() + ["no-such-customer"]
+    answers = serve_requests(settings, customers)
+    ok = [a for a in answers if a["status"] == 200]
+    for a in ok[:5]:
+        print(
+            f"    POST /predict {a['customer_id']}: score {a.get('score', float('nan')):.3f} (model v{a.get('model_version')}, features as of {a.get('feature_timestamp')}, {a['ms']:.1f} ms)"
+        )
+    unknown = answers[-1]
+    print(f"    POST /predict no-such-customer: HTTP {unknown['status']}")
+    lat = sorted(a["ms"] for a in ok)
+    summary["serve"] = {
+        "requests": len(answers),
+        "ok": len(ok),
+        "p50_ms": lat[len(lat) // 2] if lat else None,
+    }
+    done(t, f"{len(ok)}/{len(answers) - 1} known customers answered")
+
+    t = step(6, steps, f"drift: one DagRun per day, {DRIFT_DAYS[0]} .. {DRIFT_DAYS[1]}")
+    drift_days = [
+        DRIFT_DAYS[0] + dt.timedelta(days=i) for i in range((DRIFT_DAYS[1] - DRIFT_DAYS[0]).days + 1)
+    ]
+    verdicts = []
+    retrain: list[dict] = []
+    from tqdm import tqdm
+
+    for day in tqdm(drift_days, desc="  drift", unit="day", file=sys.stdout, dynamic_ncols=True):
+        state = run_dag("drift", day)
+        decision = xcom("drift", "decide") or {}
+        verdicts.append(
+            {
+                "day": day.isoformat(),
+                "state": state,
+                "drift": decision.get("drift"),
+                "trigger": decision.get("trigger"),
+                "reasons": decision.get("reasons"),
+                "features": decision.get("drifted_features"),
+            }
+        )
+        for run_id, conf in queued_training_runs():
+            tqdm.write(
+                f"  {day}: drift triggered training ({run_id}): {conf.get('reason')} {conf.get('drifted_features')}",
+                file=sys.stdout,
+            )
+            tstate = run_dag("training", None, conf)
+            gate = xcom("training", "gate_model") or {}
+            promote = xcom("training", "promote_model") or {}
+            retrain.append(
+                {"run_id": run_id, "state": tstate, "conf": conf, "gate": gate, "promote": promote}
+            )
+            tqdm.write(
+                f"    retrain {tstate}: gate {'PROMOTE' if gate.get('passed') else 'REFUSE'}; {promote.get('detail') or promote}",
+                file=sys.stdout,
+            )
+    summary["drift"] = verdicts
+    summary["retrain"] = retrain
+    triggered = [v for v in verdicts if v["trigger"]]
+    print(
+        f"  {sum(1 for v in verdicts if v['drift'])} drift days, {len(triggered)} trigger(s): {[v['day'] for v in triggered]}"
+    )
+    done(t, "drift done")
+
+    step(7, steps, "summary")
+    from propensity.evaluate import render_markdown
+
+    for r in retrain:
+        if r["gate"].get("checks"):
+            print(render_markdown(r["gate"]))
+    champ = champion_summary(settings)
+    summary["final_champion"] = champ
+    print(f"  champion now v{champ.get('champion')} (eval AUC {champ.get('eval_auc', float('nan')):.4f})")
+    out = Path(settings.zone_root) / "reports" / "demo_summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2, default=str))
+    print(
+        f"""
+  where to look:
+    Airflow UI    make airflow   -> http://localhost:8080 (DAG runs above, their task logs)
+    MLflow UI     make mlflow    -> http://localhost:5000 (runs with plots, gate reports; registry aliases)
+    Data Docs     {settings.zone_root}/reports/data_docs/index.html
+    drift report  {settings.zone_root}/reports/drift/date=<day>/report.html
+    API           make serve     -> curl -H 'X-API-Key: local-dev-key' -d '{{"customer_id": "12347"}}' localhost:8000/predict
+    audit log     .venv/bin/propensity audit
+    summary       {out}
+  total {time.monotonic() - total_started:.0f}s"""
     )
     return 0
 

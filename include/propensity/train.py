@@ -43,12 +43,14 @@ class CutoffPlan:
 
 
 def plan_cutoffs(first_day: dt.date, as_of: dt.date, cfg: TrainingSettings) -> CutoffPlan:
-    """Weekly cutoffs ending at the latest one whose label has matured by ``as_of``.
+    """Weekly cutoffs on a fixed weekday, up to the latest one whose label has matured by ``as_of``.
 
-    A label for cutoff c needs the horizon after it: c + horizon <= as_of. Counting back from
-    that date makes the plan a function of ``as_of`` alone.
+    A label for cutoff c needs the horizon after it: c + horizon <= as_of. The weekday grid is
+    fixed (not counted back from ``as_of``), so every training run reuses the same feature
+    snapshots, and the plan is a function of ``as_of`` alone.
     """
     latest = as_of - dt.timedelta(days=cfg.label_horizon_days)
+    latest -= dt.timedelta(days=(latest.weekday() - cfg.cutoff_weekday) % 7)
     earliest = first_day + dt.timedelta(days=cfg.min_history_days)
     cutoffs: list[dt.date] = []
     c = latest
@@ -68,6 +70,13 @@ def plan_cutoffs(first_day: dt.date, as_of: dt.date, cfg: TrainingSettings) -> C
         valid=cutoffs[-(n_eval + n_valid) : -n_eval],
         evaluation=cutoffs[-n_eval:],
     )
+
+
+def cutoff_grid(first_day: dt.date, last_day: dt.date, cfg: TrainingSettings) -> list[dt.date]:
+    """Every cutoff any training run between these days can use: the snapshots to precompute."""
+    start = first_day + dt.timedelta(days=cfg.min_history_days)
+    start += dt.timedelta(days=(cfg.cutoff_weekday - start.weekday()) % 7)
+    return [start + dt.timedelta(days=i) for i in range(0, (last_day - start).days + 1, cfg.cutoff_step_days)]
 
 
 def matrix(frame: pd.DataFrame, features: tuple[str, ...]) -> np.ndarray:

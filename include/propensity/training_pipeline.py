@@ -246,6 +246,7 @@ def promote_challenger(
     settings: Settings, as_of: dt.date, version: str, report: dict[str, Any], *, dry_run: bool, reason: str
 ) -> dict[str, Any]:
     """Move ``champion`` when the gate passed (compare-and-set), else record the refusal."""
+    from propensity.alerts import send_alert
     from propensity.registry import Registry
 
     registry = Registry(settings)
@@ -271,6 +272,12 @@ def promote_challenger(
             logical_date=as_of.isoformat(),
             report=report,
         )
+        send_alert(
+            "promotion_refused",
+            f"v{version} not promoted: {', '.join(failed)}",
+            {"version": version, "as_of": as_of.isoformat(), "failed_checks": failed},
+            settings=settings,
+        )
         return {"promoted": False, "detail": f"gate refused: {failed}", "passed": False}
     result = registry.promote(
         version,
@@ -281,6 +288,17 @@ def promote_challenger(
     )
     if result["promoted"]:
         write_reference(settings, as_of, version)
+        send_alert(
+            "promotion",
+            f"v{version} is champion (was {result.get('previous')})",
+            {
+                "version": version,
+                "previous": result.get("previous"),
+                "as_of": as_of.isoformat(),
+                "reason": reason,
+            },
+            settings=settings,
+        )
     return result | {"passed": True}
 
 
@@ -360,6 +378,14 @@ def deploy_champion(settings: Settings, as_of: dt.date) -> dict[str, Any]:
             reason=str(exc),
             logical_date=as_of.isoformat(),
             report=exc.record,
+        )
+        from propensity.alerts import send_alert
+
+        send_alert(
+            "deploy_failed",
+            f"v{version} not deployed; the previous version stays live",
+            {"reason": str(exc)},
+            settings=settings,
         )
         raise
     registry.record(

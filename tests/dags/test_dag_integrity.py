@@ -17,6 +17,18 @@ EXPECTED_GRAPHS: dict[str, dict[str, set[str]]] = {
         "validate_events": {"publish_events"},
         "publish_events": set(),
     },
+    "drift": {
+        "load_window": {"detect_drift", "write_report"},
+        "detect_drift": {"decide", "write_report"},
+        "decide": {"write_report", "retrain_needed", "alert_drift"},
+        "write_report": {"retrain_needed", "alert_drift"},
+        "retrain_needed": {"trigger_training"},
+        "trigger_training": set(),
+        "alert_drift": set(),
+    },
+    "bootstrap": {"ingest_history": {"history_features"}, "history_features": set()},
+    "features": {"compute_features": {"materialize_features"}, "materialize_features": set()},
+    "batch_inference": {"score_customers": set()},
     "training": {
         "choose_path": {"build_training_set", "rollback_champion"},
         "build_training_set": {"train_model"},

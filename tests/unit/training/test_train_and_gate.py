@@ -13,21 +13,24 @@ from propensity.evaluate import compare, decide, render_markdown
 from propensity.features import MODEL_FEATURES
 from propensity.registry import CHALLENGER, CHAMPION, PromotionConflict, Registry
 from propensity.settings import GateThresholds, TrainingSettings
-from propensity.train import fit, plan_cutoffs
+from propensity.train import cutoff_grid, fit, plan_cutoffs
 
 
-def test_cutoffs_are_weekly_back_from_the_latest_matured_one():
+def test_cutoffs_are_mondays_up_to_the_latest_matured_one():
     cfg = TrainingSettings()
     plan = plan_cutoffs(dt.date(2010, 12, 1), dt.date(2011, 12, 9), cfg)
-    assert plan.evaluation == [
-        dt.date(2011, 11, 2),
-        dt.date(2011, 11, 9),
-    ]  # 9 Nov + 30 days = 9 Dec: just matured
-    assert plan.valid == [dt.date(2011, 10, 26)]
-    assert plan.train[0] == dt.date(2011, 3, 2)  # first weekly step at least 90 days after 1 Dec 2010
-    assert plan.train[-1] == dt.date(2011, 10, 19)
+    # 9 Dec - 30 days = 9 Nov (a Wednesday): the latest matured Monday is 7 Nov.
+    assert plan.evaluation == [dt.date(2011, 10, 31), dt.date(2011, 11, 7)]
+    assert plan.valid == [dt.date(2011, 10, 24)]
+    assert plan.train[0] == dt.date(2011, 3, 7)  # first Monday at least 90 days after 1 Dec 2010
+    assert plan.train[-1] == dt.date(2011, 10, 17)
+    assert all(c.weekday() == 0 for c in plan.all)
     assert all((b - a).days == 7 for a, b in zip(plan.all, plan.all[1:], strict=False))
     assert max(plan.all) + dt.timedelta(days=30) <= dt.date(2011, 12, 9)
+    # A later training date reuses the same grid: only new cutoffs are added.
+    later = plan_cutoffs(dt.date(2010, 12, 1), dt.date(2011, 12, 10), cfg)
+    assert set(plan.all) <= set(later.all)
+    assert cutoff_grid(dt.date(2010, 12, 1), dt.date(2011, 12, 10), cfg)[: len(plan.all)] == plan.all
 
 
 def test_too_little_history_is_a_clear_error():
