@@ -17,14 +17,17 @@ pandas or a Spark DataFrame.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import sys
 from dataclasses import dataclass
-from typing import Literal
-
-import great_expectations.expectations as gxe
-from great_expectations.expectations.row_conditions import Column, Condition
+from typing import TYPE_CHECKING, Literal
 
 from propensity.schema import EVENT_COLUMNS, VALIDATED_SCHEMA
 from propensity.settings import Settings
+
+if TYPE_CHECKING:
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Condition
 
 Level = Literal["row", "dedup", "batch", "info"]
 
@@ -76,17 +79,41 @@ class Bands:
     distributions: bool  # enough rows for shares and medians to mean something
 
 
+def quiet_great_expectations() -> None:
+    """Call before importing great_expectations.
+
+    Under Airflow's logging its import and every store and metric log at INFO (hundreds of
+    lines per task); one module pins its own level. And GE probes ``pyspark.sql.connect``, whose
+    import calls ``sys.exit(0)`` when ``__main__`` has no file (``python -c``, embedded
+    interpreters) and Spark Connect's optional packages are absent: the process would vanish
+    with status 0. Marking the module absent there turns that into the ImportError GE handles.
+    """
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    main = sys.modules.get("__main__")
+    if main is not None and getattr(main, "__spec__", None) is None and not hasattr(main, "__file__"):
+        sys.modules.setdefault("pyspark.sql.connect", None)  # type: ignore[arg-type]
+
+
 def _is_sale() -> Condition:
+    from great_expectations.expectations.row_conditions import Column
+
     # GE builds the condition from ``==``; ``not Column(...)`` would be a plain Python bool.
     return Column("is_return") == False  # noqa: E712
 
 
 def _is_return() -> Condition:
+    from great_expectations.expectations.row_conditions import Column
+
     return Column("is_return") == True  # noqa: E712
 
 
 def build_checks(settings: Settings, bands: Bands) -> list[Check]:
     """The suite for one day, in the order it appears in reports."""
+    quiet_great_expectations()
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
     v, source = settings.validation, settings.source
     checks: list[Check] = []
 

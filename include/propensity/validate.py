@@ -38,7 +38,16 @@ import pyarrow.parquet as pq
 
 from propensity.calendar import closed_reason
 from propensity.collect import EVENTS, RAW_ZONE, day_of_interval, zone_store
-from propensity.expectations import NON_PRODUCT, PRODUCT, ROW_ID, SUITE_NAME, Bands, Check, build_checks
+from propensity.expectations import (
+    NON_PRODUCT,
+    PRODUCT,
+    ROW_ID,
+    SUITE_NAME,
+    Bands,
+    Check,
+    build_checks,
+    quiet_great_expectations,
+)
 from propensity.schema import EVENT_COLUMNS, QUARANTINE_SCHEMA, RAW_SCHEMA, VALIDATED_SCHEMA
 from propensity.settings import Settings
 from propensity.storage import PART_FILE, Store, partition_parts, write_partition
@@ -296,14 +305,11 @@ def run_suite(
 
     With ``docs_dir``, Data Docs for the run are rendered there by a Checkpoint action.
     """
+    quiet_great_expectations()
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    # After Airflow's logging set-up GE logs every store and metric at INFO; one of its modules
-    # pins its own logger to INFO, so it needs its own setting.
-    for name in ("great_expectations", "great_expectations.data_context.types.base"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = (

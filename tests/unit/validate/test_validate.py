@@ -233,3 +233,23 @@ def test_validated_partition_has_the_published_schema(vsettings):
 def test_missing_raw_partition_is_a_clear_error(vsettings):
     with pytest.raises(FileNotFoundError, match=r"raw/events/date=2011-03-01.*run collect"):
         validate(vsettings, *interval(DAY))
+
+
+def test_validation_runs_where_main_has_no_file(vsettings):
+    """`python -c` (and embedded interpreters): pyspark's Spark Connect probe would sys.exit(0)."""
+    import subprocess
+    import sys
+
+    write_raw(vsettings, DAY, [sale(DAY, i) for i in range(40)])
+    code = (
+        "import datetime as dt, sys\n"
+        "from propensity.settings import Settings\n"
+        "from propensity.validate import validate\n"
+        "s = Settings(zone_root=sys.argv[1], validation={'data_docs': False})\n"
+        "start = dt.datetime(2011, 3, 1, tzinfo=dt.UTC)\n"
+        "print('STATUS', validate(s, start, start + dt.timedelta(days=1))['status'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, vsettings.zone_root], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "STATUS passed" in done.stdout, done.stderr[-2000:]
