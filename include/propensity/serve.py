@@ -87,7 +87,16 @@ class FeastFeatureSource:
         self.entity_key = entity_key
         # Resolved once: a registry read per request would cost more than the lookup itself.
         self.service = store.get_feature_service(feature_service)
-        self.feature_names = [f.name for proj in self.service.feature_view_projections for f in proj.features]
+        from feast.types import Bytes, String
+
+        # Model inputs are the service's numeric fields; strings (e.g. ``country``, kept in the
+        # service for evaluation segments) are not fed to the model.
+        self.feature_names = [
+            f.name
+            for proj in self.service.feature_view_projections
+            for f in proj.features
+            if f.dtype not in (String, Bytes)
+        ]
         self.kind = type(store.config.online_store).__name__
         conn = getattr(store.config.online_store, "connection_string", None)
         if conn is not None and "retry=" not in conn:

@@ -60,11 +60,6 @@ def test_batch_score_equals_the_served_model_over_feast_online_features(scored):
     assert batch.loc[ids, "score"].tolist() == served.tolist()  # bit-identical, not merely close
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="serve.FeastFeatureSource casts every feature of the service to float32, and propensity_v1 "
-    "also serves `country` (a string): POST /predict fails on the real feature repo (reported)",
-)
 def test_batch_score_equals_the_api_score_for_the_same_customer_and_feature_date(scored):
     settings, batch = scored
     ids = list(batch.index[::3])  # 50 customers, one API batch
