@@ -40,7 +40,7 @@ PRODUCT, NON_PRODUCT = "product", "non_product"
 # checks cannot run on anything but timestamps, which fails the day just as clearly.
 _STRING, _INT, _FLOAT, _BOOL = (
     ["StringDtype", "StringType"],
-    ["Int64Dtype", "int64", "LongType"],
+    ["int64", "Int64Dtype", "float64", "LongType"],  # float64: pandas' int with nulls, see events_frame
     ["float64", "Float64Dtype", "DoubleType"],
     ["BooleanDtype", "bool", "BooleanType"],
 )
