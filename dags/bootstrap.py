@@ -47,6 +47,9 @@ def _range() -> tuple[dt.date, dt.date, dt.date | None]:
             format="date",
             description="Also a snapshot for every day from here",
         ),
+        "data_docs": Param(
+            False, type="boolean", description="Render Data Docs for every day (slow over a year)"
+        ),
     },
     tags=["propensity", "bootstrap"],
     doc_md=__doc__,
@@ -58,7 +61,7 @@ def bootstrap() -> None:
         from propensity.settings import get_settings
 
         first, last, _ = _range()
-        return run(get_settings(), first, last)
+        return run(get_settings(), first, last, data_docs=get_current_context()["params"]["data_docs"])
 
     @task
     def history_features() -> dict:

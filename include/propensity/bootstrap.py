@@ -26,10 +26,19 @@ def snapshot_dates(
     return sorted(d for d in dates if d <= last_as_of)
 
 
-def ingest_history(settings: Settings, first_day: dt.date, last_day: dt.date) -> dict[str, Any]:
-    """Collect and validate every day of ``[first_day, last_day]``; a bad day stops only itself."""
+def ingest_history(
+    settings: Settings, first_day: dt.date, last_day: dt.date, *, data_docs: bool = False
+) -> dict[str, Any]:
+    """Collect and validate every day of ``[first_day, last_day]``; a bad day stops only itself.
+
+    Data Docs pages cost more than the checks themselves; a year of them is off by default
+    here (each day's summary JSON and quarantine are written as always). Daily runs render them.
+    """
     from propensity.validate import collect_and_validate
 
+    settings = settings.model_copy(
+        update={"validation": settings.validation.model_copy(update={"data_docs": data_docs})}
+    )
     return collect_and_validate(settings, first_day, last_day)
 
 

@@ -103,6 +103,9 @@ def _replay_export(
     return frame, [settings.source.path], extra
 
 
+_MEMO: dict[tuple, tuple[pa.Table, list[str]]] = {}
+
+
 def _export_cache(settings: Settings) -> tuple[pa.Table, list[str]]:
     """The export parsed once into canonical Parquet, keyed by the file's hash and the mapping.
 
@@ -113,6 +116,11 @@ def _export_cache(settings: Settings) -> tuple[pa.Table, list[str]]:
     store, name = _source_store(source.path, settings)
     if not store.exists(name):
         raise SourceError(f"{source.path}: source file does not exist")
+    info = store.fs.get_file_info(store.path(name))
+    # One process replaying many days (bootstrap, backfill) reads and hashes the export once.
+    memo_key = (source.path, info.size, info.mtime_ns, _mapping_fingerprint(source), settings.cache_dir)
+    if memo_key in _MEMO:
+        return _MEMO[memo_key]
     data = store.read_bytes(name)
     key = hashlib.sha256(data + _mapping_fingerprint(source).encode()).hexdigest()[:20]
     cache = os.path.join(settings.cache_dir, f"{source.name}-{key}.parquet")
@@ -120,7 +128,9 @@ def _export_cache(settings: Settings) -> tuple[pa.Table, list[str]]:
     if os.path.exists(cache) and os.path.exists(meta):
         with open(meta) as fh:
             extra = json.load(fh)["unmapped_columns"]
-        return pq.read_table(cache), extra
+        _MEMO.clear()
+        _MEMO[memo_key] = (pq.read_table(cache), extra)
+        return _MEMO[memo_key]
     log.info("parsing export %s once into the cache %s", source.path, cache)
     raw = sources.read_source_bytes(data, source.path, source)
     extra = sources.unmapped_columns(raw, source)
