@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from pathlib import Path
 
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
@@ -37,7 +38,9 @@ from airflow.sdk import dag, task
 from propensity.timetables import DailyUtcTimetable
 
 # Only an environment read at parse time: the interpreter of the drift venv (numpy<2).
-DRIFT_PYTHON = os.environ.get("PROPENSITY_DRIFT_PYTHON", "/work/main/.venv-drift/bin/python")
+DRIFT_PYTHON = os.environ.get(
+    "PROPENSITY_DRIFT_PYTHON", str(Path(__file__).resolve().parents[1] / ".venv-drift" / "bin" / "python")
+)
 
 
 @dag(
