@@ -2,14 +2,19 @@
 ### features: customer snapshots in the offline store, then online in Feast
 
 Runs when the `validated_events` Asset is updated (each validated day V makes the snapshot as
-of V + 1 computable) and daily on a UTC cron, so `airflow backfill create` can replay history.
-A time-scheduled or backfill run computes the snapshot as of its `data_interval_end`.
+of V + 1 computable) and daily at 00:00 UTC, so `airflow backfill create` can replay history.
 
-1. **compute_features**: Spark computes every customer active in the 365 days before D from
-   validated events before D 00:00 UTC, and replaces `offline/customer_features/date=D/`
-   atomically (the same bytes on every re-run).
+**Which snapshot a run computes**: a scheduled, backfill or manual run for logical date D owns
+the UTC day `[D, D+1)` (`DailyUtcTimetable`, as in `ingest`: `airflow dags test features D` and
+the UI's trigger cover the same day as the scheduled run for D) and computes the snapshot as of
+its `data_interval_end` = D + 1, i.e. from every validated event up to the end of day D. An
+asset-triggered run computes V + 1 for each validated day V it was triggered by.
+
+1. **compute_features**: Spark computes, for snapshot date S, every customer active in the 365
+   days before S from validated events before S 00:00 UTC, and replaces
+   `offline/customer_features/date=S/` atomically (the same bytes on every re-run).
 2. **materialize_features**: Feast loads the snapshot into the online store (SQLite locally,
-   Redis in prod) and publishes the `customer_features` Asset with `extra={"as_of": D}`.
+   Redis in prod) and publishes the `customer_features` Asset with `extra={"as_of": S}`.
 
 **On-call**: a failed `compute_features` names the validated partition it is missing: run
 `ingest` for that day, then clear the task. Nothing is half-written: each snapshot date is
@@ -26,15 +31,15 @@ import datetime as dt
 import pendulum
 from airflow.sdk import dag, task
 from airflow.timetables.assets import AssetOrTimeSchedule
-from airflow.timetables.interval import CronDataIntervalTimetable
 
 from propensity.assets import customer_features, validated_events
+from propensity.timetables import DailyUtcTimetable
 
 
 @dag(
-    schedule=AssetOrTimeSchedule(
-        timetable=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"), assets=validated_events
-    ),
+    # DailyUtcTimetable, as in ingest: a manual run for D covers [D, D+1) like the scheduled
+    # one, so `airflow dags test features D` reproduces the scheduled run's snapshot.
+    schedule=AssetOrTimeSchedule(timetable=DailyUtcTimetable(), assets=validated_events),
     start_date=pendulum.datetime(2010, 12, 2, tz="UTC"),
     catchup=False,
     max_active_runs=1,  # materializations land in date order: the online store keeps the last write
