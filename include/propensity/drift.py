@@ -452,7 +452,7 @@ def calibrate(settings: Any, reference_dates: Sequence[Any], check_dates: Sequen
         return {
             c: table.column(c).to_numpy(zero_copy_only=False)
             for c in table.column_names
-            if c not in NON_FEATURES
+            if c not in NON_FEATURES and c not in policy.exclude_features
         }
 
     pooled = pa.concat_tables(
@@ -461,7 +461,7 @@ def calibrate(settings: Any, reference_dates: Sequence[Any], check_dates: Sequen
     reference = {
         c: pooled.column(c).to_numpy(zero_copy_only=False)
         for c in pooled.column_names
-        if c not in NON_FEATURES
+        if c not in NON_FEATURES and c not in policy.exclude_features
     }
     rows = []
     for day in check_dates:

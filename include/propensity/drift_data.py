@@ -225,7 +225,7 @@ def load_window(settings: Settings, day: dt.date, model_version: int | None = No
     name = model_name(settings)
     version = model_version if model_version is not None else champion_version(settings, store, name)
     reference, meta = read_reference(store, name, version)
-    columns = list(meta["feature_columns"])
+    columns = [c for c in meta["feature_columns"] if c not in policy.exclude_features]
     seed = day.toordinal()
     staged: dict[str, pa.Table] = {"reference": _sample(reference, policy.max_rows, seed)}
 

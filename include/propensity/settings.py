@@ -306,6 +306,9 @@ class DriftSettings(BaseModel):
     wasserstein_threshold: float = 0.1  # Wasserstein-1 over the reference's standard deviation
     psi_bins: int = 10
     categorical_features: list[str] = Field(default_factory=list)
+    # Features whose distribution moves with the calendar by construction, not with the world:
+    # where history starts at a fixed date, every customer's tenure grows a day per day.
+    exclude_features: list[str] = Field(default_factory=list)
     min_drifted_features: int = 1  # data drift needs at least this many drifted features
     max_rows: int = 100_000  # per side; larger windows are sampled (seeded by the date)
     # Prediction drift: the score distribution, KS and PSI on the same rule.
