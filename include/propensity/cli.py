@@ -1,9 +1,9 @@
 """``propensity``: operator commands that don't need the Airflow UI.
 
-  propensity audit [--limit N]           every alias move (promote, refuse, rollback, deploy)
-  propensity champion                    the champion's version, AUC and baselines
-  propensity rollback --reason TEXT      restore the previous champion (then deploy it)
-  propensity fetch-data                  make sure the demo dataset is present (download once)
+propensity audit [--limit N]           every alias move (promote, refuse, rollback, deploy)
+propensity champion                    the champion's version, AUC and baselines
+propensity rollback --reason TEXT      restore the previous champion (then deploy it)
+propensity fetch-data                  make sure the demo dataset is present (download once)
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="propensity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="propensity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     audit = sub.add_parser("audit", help="list the registry's audit log, newest first")
     audit.add_argument("--limit", type=int, default=30)
@@ -23,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("champion", help="the current champion")
     rollback = sub.add_parser("rollback", help="restore the previous champion and deploy it")
     rollback.add_argument("--reason", required=True)
-    rollback.add_argument("--date", type=dt.date.fromisoformat, default=None, help="logical date to record (default: today)")
+    rollback.add_argument(
+        "--date", type=dt.date.fromisoformat, default=None, help="logical date to record (default: today)"
+    )
     rollback.add_argument("--no-deploy", action="store_true")
     sub.add_parser("fetch-data", help="download and convert the demo dataset when it is absent")
     args = parser.parse_args(argv)

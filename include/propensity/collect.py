@@ -154,7 +154,9 @@ def _export_cache(settings: Settings) -> tuple[pa.Table, list[str]]:
 
 def _mapping_fingerprint(source: SourceSettings) -> str:
     # Only what changes the parsed rows: the non-product list and the calendar are validation's concern.
-    return source.model_dump_json(exclude={"path", "download_url", "calendar", "name", "guest_rows", "non_product_items"})
+    return source.model_dump_json(
+        exclude={"path", "download_url", "calendar", "name", "guest_rows", "non_product_items"}
+    )
 
 
 def _atomic_local_write(path: str, data: bytes) -> None:

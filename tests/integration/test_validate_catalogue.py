@@ -196,7 +196,7 @@ QUARANTINED = {
         ["quantity_present", "amount_present", "values_parse"],
     ),
     "decimal comma in a price": (
-        {"unit_price": "\"2,50\""},
+        {"unit_price": '"2,50"'},
         ["unit_price_present", "amount_present", "values_parse"],
     ),
     # The return flag comes from the order id's prefix: without an id it is unknown too.
