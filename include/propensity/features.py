@@ -37,10 +37,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
 
 from propensity.collect import zone_store
 from propensity.settings import Settings
 from propensity.storage import (
+    PART_FILE,
     Store,
     list_partitions,
     partition_parts,
@@ -105,6 +107,7 @@ SNAPSHOT_SCHEMA = pa.schema(
 EVENT_COLUMNS = ("customer_id", "event_time", "order_id", "item_id", "amount", "is_return", "country")
 
 _DAY_S = 86_400
+_LISTING_THRESHOLD = "spark.sql.sources.parallelPartitionDiscovery.threshold"
 # Exact money: 4 decimals hold any float price x quantity the sources produce.
 _MONEY = "decimal(22,4)"
 
@@ -131,7 +134,9 @@ def as_of_frame(spark: SparkSession, as_of_dates: Sequence[dt.date]) -> DataFram
     dates = sorted(set(as_of_dates))
     if not dates:
         raise ValueError("no as_of dates given")
-    frame = spark.createDataFrame([(d,) for d in dates], "as_of date")
+    # From Arrow, not a list of tuples: a list goes through pickling and costs seconds per job.
+    column = pa.table({"as_of": pa.array(dates, pa.date32())})
+    frame = spark.createDataFrame(column.cast(pa.schema([pa.field("as_of", pa.date32(), nullable=False)])))
     # The session time zone is UTC (spark.py), so the cast is midnight UTC.
     return frame.withColumn("as_of_ts", F.col("as_of").cast("timestamp"))
 
@@ -290,18 +295,36 @@ def validated_days_needed(
     return days, start, end
 
 
-def read_validated(spark: SparkSession, store: Store, days: Sequence[dt.date]) -> DataFrame:
-    """Validated events of ``days`` as a Spark DataFrame.
+def read_validated(
+    spark: SparkSession, store: Store, days: Sequence[dt.date], *, via_arrow: bool | None = None
+) -> DataFrame:
+    """Validated events of ``days`` as a Spark DataFrame (only the columns features use).
 
-    Local zones are read by Spark itself (as on a cluster). S3 zones go through Arrow, because
-    Spark here has no s3a connector (Maven is unreachable for hadoop-aws).
+    Local zones are read by Spark itself, as on a cluster, given the explicit file list and the
+    schema: Spark then neither runs a job to list the files nor opens footers to infer a
+    schema (with ~370 daily files a year, those jobs cost more than reading the rows). S3 zones go through
+    Arrow (``via_arrow`` forces either path), because Spark here has no s3a connector (Maven
+    is unreachable for hadoop-aws). Both paths give the same rows, so the same snapshot bytes.
     """
     cols = [*EVENT_COLUMNS, "line_kind"]
-    if store.is_local:
-        paths = [store.path(*partition_parts(VALIDATED_ZONE, EVENTS, d), "part-0.parquet") for d in days]
-        return spark.read.parquet(*paths).select(*cols)
-    tables = [read_partition(store, VALIDATED_ZONE, EVENTS, d).select(cols) for d in days]
-    return spark.createDataFrame(pa.concat_tables(tables, promote_options="permissive"))
+    if (not store.is_local) if via_arrow is None else via_arrow:
+        tables = [read_partition(store, VALIDATED_ZONE, EVENTS, d).select(cols) for d in days]
+        table = pa.concat_tables(tables, promote_options="permissive")
+        # PySpark 4 stops reading an Arrow stream at an empty batch that follows data, silently
+        # dropping every later day: days without events are empty partitions, so drop their chunks.
+        batches = [b for b in table.to_batches() if b.num_rows]
+        return spark.createDataFrame(pa.Table.from_batches(batches, schema=table.schema))
+    paths = [store.path(*partition_parts(VALIDATED_ZONE, EVENTS, d), PART_FILE) for d in days]
+    schema = pq.read_schema(paths[-1])
+    spark_schema = from_arrow_schema(pa.schema([schema.field(c) for c in cols]))
+    # Past 32 paths Spark lists them in a job of one task per file; the driver lists local
+    # files in milliseconds. The listing happens here, when the reader resolves the paths.
+    previous = spark.conf.get(_LISTING_THRESHOLD)
+    spark.conf.set(_LISTING_THRESHOLD, str(max(len(paths) + 1, int(previous or 32))))
+    try:
+        return spark.read.schema(spark_schema).parquet(*paths).select(*cols)
+    finally:
+        spark.conf.set(_LISTING_THRESHOLD, previous)
 
 
 def to_snapshots(features: DataFrame) -> dict[dt.date, pa.Table]:
@@ -389,7 +412,8 @@ def run_dates(
     end = data_interval_end.astimezone(dt.UTC)
     if end.time() != dt.time(0):
         raise ValueError(f"data interval end {end} is not a UTC midnight: snapshots are per date")
-    return [end.date()]
+    # A plain date: Spark rejects subclasses such as pendulum.Date.
+    return [dt.date(end.year, end.month, end.day)]
 
 
 def compute_features_for_run(
