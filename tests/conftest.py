@@ -7,6 +7,7 @@ the developer's data/ folder.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,9 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ.setdefault("PROPENSITY_HOME", str(ROOT))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+
+# py4j logs from finalizers after pytest has closed its streams: keep it to warnings.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 REAL_DATA = (ROOT / ".." / "shared" / "data" / "online_retail" / "online_retail.csv.gz").resolve()
 
