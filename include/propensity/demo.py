@@ -85,13 +85,48 @@ def log_file() -> Path:
     return project_home() / "logs" / "demo.log"
 
 
-def run_dag(dag_id: str, day: dt.date | None, conf: dict | None = None) -> str:
-    """One DagRun; returns its state. Task output goes to logs/demo.log."""
+def run_dag(dag_id: str, day: dt.date | None, conf: dict | None = None, progress=None) -> str:
+    """One DagRun; returns its state. Task output goes to logs/demo.log.
+
+    ``progress``: a callable returning a line to show every few seconds while the run works
+    (a long single task, such as the bootstrap, otherwise looks frozen).
+    """
+    import threading
+
     dag = load_dag(dag_id)
     logical = dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC) if day else None
-    with airflow_output_to(log_file()):
-        run = dag.test(logical_date=logical, run_after=logical or dt.datetime.now(dt.UTC), run_conf=conf)
+    with airflow_output_to(log_file()) as terminal:
+        stop = threading.Event()
+
+        def report() -> None:
+            started = time.monotonic()
+            while not stop.wait(5):
+                terminal.write(f"\r  {time.monotonic() - started:5.0f}s  {progress()}    ")
+                terminal.flush()
+            terminal.write("\n")
+
+        ticker = threading.Thread(target=report, daemon=True) if progress else None
+        if ticker:
+            ticker.start()
+        try:
+            run = dag.test(logical_date=logical, run_after=logical or dt.datetime.now(dt.UTC), run_conf=conf)
+        finally:
+            stop.set()
+            if ticker:
+                ticker.join()
     return str(getattr(run, "state", "unknown"))
+
+
+def zone_progress(settings) -> str:
+    """Days validated and snapshots written so far (read from the zone itself)."""
+    from propensity.collect import zone_store
+    from propensity.storage import list_partitions
+
+    store = zone_store(settings)
+    validated = list_partitions(store, "validated", "events")
+    snapshots = list_partitions(store, "offline", "customer_features")
+    last = validated[-1].isoformat() if validated else "-"
+    return f"validated days: {len(validated)} (up to {last}); feature snapshots: {len(snapshots)}"
 
 
 def run_days(dag_ids: list[str], days: list[dt.date]) -> dict[str, list[tuple[dt.date, str]]]:
@@ -198,11 +233,61 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def print_summary(settings, summary: dict[str, Any]) -> None:
+    """Row counts per stage, the models beside their baselines, the drift verdicts."""
+    from propensity.collect import zone_store
+    from propensity.storage import list_partitions
+
+    store = zone_store(settings)
+    counts = (summary.get("bootstrap") or {}).get("ingest", {}).get("counts", {})
+    first, final = summary.get("first_champion") or {}, summary.get("final_champion") or {}
+    drift = summary.get("drift") or []
+    rows = [
+        ("raw rows (bootstrap year)", counts.get("raw")),
+        ("validated rows", counts.get("validated")),
+        ("quarantined rows", counts.get("quarantined")),
+        ("exact duplicates removed", counts.get("duplicates_removed")),
+        ("validated days (all runs)", len(list_partitions(store, "validated", "events"))),
+        ("feature snapshots", len(list_partitions(store, "offline", "customer_features"))),
+        ("customers scored in batch", (summary.get("batch") or {}).get("rows")),
+        ("API requests answered", (summary.get("serve") or {}).get("ok")),
+        (
+            "drift runs / drift days / triggers",
+            f"{len(drift)} / {sum(1 for d in drift if d['drift'])} / {sum(1 for d in drift if d['trigger'])}",
+        ),
+    ]
+    print("  stage counts:")
+    for name, value in rows:
+        print(f"    {name:<38} {value if value is not None else '-'}")
+
+    def auc(d: dict, key: str) -> str:
+        v = d.get(key)
+        return f"{v:.4f}" if isinstance(v, float) else "-"
+
+    print("  models (evaluation AUC on their own latest matured cutoffs):")
+    print(
+        f"    first champion v{first.get('champion')}: {auc(first, 'eval_auc')}  | recency baseline {auc(first, 'baseline_recency_auc')}  | frequency baseline {auc(first, 'baseline_frequency_auc')}"
+    )
+    print(
+        f"    champion now   v{final.get('champion')}: {auc(final, 'eval_auc')}  | recency baseline {auc(final, 'baseline_recency_auc')}  | frequency baseline {auc(final, 'baseline_frequency_auc')}"
+    )
+    for r in summary.get("retrain") or []:
+        verdict = "PROMOTED" if (r.get("promote") or {}).get("promoted") else "REFUSED"
+        failed = [c["name"] for c in (r.get("gate") or {}).get("checks", []) if not c["passed"]]
+        print(f"    retrain {r['run_id']}: {verdict}" + (f" (failed: {', '.join(failed)})" if failed else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--skip-bootstrap", action="store_true", help="reuse data/zones from an earlier demo")
+    parser.add_argument(
+        "--start-at",
+        type=int,
+        default=1,
+        choices=range(1, 7),
+        help="resume at this step, reusing earlier steps' output",
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -231,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         steps,
         f"bootstrap: one wide DagRun, collect + validate {FIRST_DAY} .. {BOOTSTRAP_LAST_DAY}, all snapshots",
     )
-    if not args.skip_bootstrap:
+    if args.start_at <= 1:
         state = run_dag(
             "bootstrap",
             BOOTSTRAP_LAST_DAY,
@@ -240,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 "last_day": BOOTSTRAP_LAST_DAY.isoformat(),
                 "daily_snapshots_from": DRIFT_DAYS[0].isoformat(),
             },
+            progress=lambda: zone_progress(settings),
         )
         ingest = xcom("bootstrap", "ingest_history") or {}
         feats = xcom("bootstrap", "history_features") or {}
@@ -255,74 +341,87 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     done(t, "bootstrap done")
 
-    t = step(
-        2,
-        steps,
-        f"daily DagRuns: ingest + features, {BOOTSTRAP_LAST_DAY + dt.timedelta(days=1)} .. {LAST_DAY}",
-    )
-    days = [
-        BOOTSTRAP_LAST_DAY + dt.timedelta(days=i) for i in range(1, (LAST_DAY - BOOTSTRAP_LAST_DAY).days + 1)
-    ]
-    daily = run_days(["ingest", "features"], days)
-    bad = {k: [(d.isoformat(), s) for d, s in v if s != "success"] for k, v in daily.items()}
-    summary["daily"] = {k: len(v) for k, v in daily.items()} | {"not_successful": bad}
-    print(f"  {len(days)} days x 2 DAGs; not successful: {bad if any(bad.values()) else 'none'}")
-    done(t, "daily runs done")
-
-    t = step(3, steps, f"training: first champion as of {FIRST_TRAINING_AS_OF}")
-    state = run_dag(
-        "training",
-        FIRST_TRAINING_AS_OF,
-        {"reason": "first model (demo)", "training_end_date": FIRST_TRAINING_AS_OF.isoformat()},
-    )
-    first_gate = xcom("training", "gate_model") or {}
-    print(
-        f"  state {state}; gate {'PROMOTE' if first_gate.get('passed') else 'REFUSE'} ({first_gate.get('mode')})"
-    )
-    from propensity.training_pipeline import champion_summary
-
-    champ = champion_summary(settings)
-    summary["first_champion"] = champ
-    print(
-        f"  champion v{champ.get('champion')}: eval AUC {champ.get('eval_auc', float('nan')):.4f} | recency baseline {champ.get('baseline_recency_auc', float('nan')):.4f} | frequency baseline {champ.get('baseline_frequency_auc', float('nan')):.4f}"
-    )
-    done(t, "training done")
-
-    t = step(
-        4, steps, f"batch_inference: score every active customer as of {LAST_DAY + dt.timedelta(days=1)}"
-    )
-    batch_state = run_dag(
-        "batch_inference",
-        LAST_DAY + dt.timedelta(days=1),
-        {"as_of": (LAST_DAY + dt.timedelta(days=1)).isoformat()},
-    )
-    batch = xcom("batch_inference", "score_customers") or {}
-    summary["batch"] = {"state": batch_state, **{k: v for k, v in batch.items() if k != "top"}}
-    print(f"  state {batch_state}: {batch.get('rows')} rows written with model v{batch.get('model_version')}")
-    for cid, score in (batch.get("top") or [])[:5]:
-        print(f"    top customer {cid}: {score:.3f}")
-    done(t, "batch done")
-
-    t = step(5, steps, "serve: the prediction API answers real customers")
-    from propensity.features import read_snapshot
-
-    snap = read_snapshot(settings, LAST_DAY + dt.timedelta(days=1)).to_pandas()
-    customers = snap["customer_id"].head(20).tolist() + ["no-such-customer"]
-    answers = serve_requests(settings, customers)
-    ok = [a for a in answers if a["status"] == 200]
-    for a in ok[:5]:
-        print(
-            f"    POST /predict {a['customer_id']}: score {a.get('score', float('nan')):.3f} (model v{a.get('model_version')}, features as of {a.get('feature_timestamp')}, {a['ms']:.1f} ms)"
+    if args.start_at <= 2:
+        t = step(
+            2,
+            steps,
+            f"daily DagRuns: ingest + features, {BOOTSTRAP_LAST_DAY + dt.timedelta(days=1)} .. {LAST_DAY}",
         )
-    unknown = answers[-1]
-    print(f"    POST /predict no-such-customer: HTTP {unknown['status']}")
-    lat = sorted(a["ms"] for a in ok)
-    summary["serve"] = {
-        "requests": len(answers),
-        "ok": len(ok),
-        "p50_ms": lat[len(lat) // 2] if lat else None,
-    }
-    done(t, f"{len(ok)}/{len(answers) - 1} known customers answered")
+        days = [
+            BOOTSTRAP_LAST_DAY + dt.timedelta(days=i)
+            for i in range(1, (LAST_DAY - BOOTSTRAP_LAST_DAY).days + 1)
+        ]
+        daily = run_days(["ingest", "features"], days)
+        bad = {k: [(d.isoformat(), s) for d, s in v if s != "success"] for k, v in daily.items()}
+        summary["daily"] = {k: len(v) for k, v in daily.items()} | {"not_successful": bad}
+        print(f"  {len(days)} days x 2 DAGs; not successful: {bad if any(bad.values()) else 'none'}")
+        done(t, "daily runs done")
+
+    if args.start_at <= 3:
+        t = step(3, steps, f"training: first champion as of {FIRST_TRAINING_AS_OF}")
+        state = run_dag(
+            "training",
+            FIRST_TRAINING_AS_OF,
+            {"reason": "first model (demo)", "training_end_date": FIRST_TRAINING_AS_OF.isoformat()},
+        )
+        first_gate = xcom("training", "gate_model") or {}
+        print(
+            f"  state {state}; gate {'PROMOTE' if first_gate.get('passed') else 'REFUSE'} ({first_gate.get('mode')})"
+        )
+        from propensity.training_pipeline import champion_summary
+
+        champ = champion_summary(settings)
+        summary["first_champion"] = champ
+        print(
+            f"  champion v{champ.get('champion')}: eval AUC {champ.get('eval_auc', float('nan')):.4f} | recency baseline {champ.get('baseline_recency_auc', float('nan')):.4f} | frequency baseline {champ.get('baseline_frequency_auc', float('nan')):.4f}"
+        )
+        done(t, "training done")
+
+    if args.start_at <= 4:
+        t = step(
+            4, steps, f"batch_inference: score every active customer as of {LAST_DAY + dt.timedelta(days=1)}"
+        )
+        batch_state = run_dag(
+            "batch_inference",
+            LAST_DAY + dt.timedelta(days=1),
+            {"day": (LAST_DAY + dt.timedelta(days=1)).isoformat()},
+        )
+        scored = xcom("batch_inference", "score_customers") or [{}]
+        batch = scored[-1] if isinstance(scored, list) else scored
+        summary["batch"] = {"state": batch_state, **{k: v for k, v in batch.items() if k != "top"}}
+        print(
+            f"  state {batch_state}: {batch.get('rows')} rows written with model v{batch.get('model_version')}"
+        )
+        from propensity.predictions_db import day_summary, db_from_settings
+
+        # Read back from the predictions table, as a downstream team would.
+        for cid, score in day_summary(db_from_settings(settings), LAST_DAY + dt.timedelta(days=1), top_n=5)[
+            "top"
+        ]:
+            print(f"    top customer {cid}: {score:.3f}")
+        done(t, "batch done")
+
+    if args.start_at <= 5:
+        t = step(5, steps, "serve: the prediction API answers real customers")
+        from propensity.features import read_snapshot
+
+        snap = read_snapshot(settings, LAST_DAY + dt.timedelta(days=1)).to_pandas()
+        customers = snap["customer_id"].head(20).tolist() + ["no-such-customer"]
+        answers = serve_requests(settings, customers)
+        ok = [a for a in answers if a["status"] == 200]
+        for a in ok[:5]:
+            print(
+                f"    POST /predict {a['customer_id']}: score {a.get('score', float('nan')):.3f} (model v{a.get('model_version')}, features as of {a.get('feature_timestamp')}, {a['ms']:.1f} ms)"
+            )
+        unknown = answers[-1]
+        print(f"    POST /predict no-such-customer: HTTP {unknown['status']}")
+        lat = sorted(a["ms"] for a in ok)
+        summary["serve"] = {
+            "requests": len(answers),
+            "ok": len(ok),
+            "p50_ms": lat[len(lat) // 2] if lat else None,
+        }
+        done(t, f"{len(ok)}/{len(answers) - 1} known customers answered")
 
     t = step(6, steps, f"drift: one DagRun per day, {DRIFT_DAYS[0]} .. {DRIFT_DAYS[1]}")
     drift_days = [
@@ -370,13 +469,15 @@ def main(argv: list[str] | None = None) -> int:
 
     step(7, steps, "summary")
     from propensity.evaluate import render_markdown
+    from propensity.training_pipeline import champion_summary
 
     for r in retrain:
         if r["gate"].get("checks"):
+            print(f"  gate report of the retrain drift asked for ({r['run_id']}):")
             print(render_markdown(r["gate"]))
     champ = champion_summary(settings)
     summary["final_champion"] = champ
-    print(f"  champion now v{champ.get('champion')} (eval AUC {champ.get('eval_auc', float('nan')):.4f})")
+    print_summary(settings, summary)
     out = Path(settings.zone_root) / "reports" / "demo_summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str))
