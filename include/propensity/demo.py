@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime as dt
 import json
 import logging
@@ -53,7 +54,9 @@ def load_dag(dag_id: str):
         _BAG = DagBag(dag_folder=str(project_home() / "dags"), safe_mode=False)
         if _BAG.import_errors:
             raise SystemExit(f"DAG import errors: {_BAG.import_errors}")
-    return _BAG.dags[dag_id]
+    # A fresh copy per run: DAG.test merges a run's conf into the DAG's params in place, and the
+    # next run of the same DAG object would inherit it (e.g. the first run's training_end_date).
+    return copy.deepcopy(_BAG.dags[dag_id])
 
 
 @contextlib.contextmanager
