@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import datetime as dt
 import json
 import logging
@@ -44,19 +43,26 @@ def _quiet_airflow() -> None:
 _BAG = None
 
 
-def load_dag(dag_id: str):
+def load_dag(dag_id: str, *, fresh: bool = False):
+    """The DAG from this repo's dags/. ``fresh``: parse anew, for a run with a conf.
+
+    DAG.test merges a run's conf into the DAG's params in place, so the next run of the same
+    object would inherit it (the first training run's training_end_date, say). A deepcopy is no
+    way out: it breaks operators that compare defaults to Airflow's NOTSET sentinel by identity.
+    """
     global _BAG
     from airflow.dag_processing.dagbag import DagBag
 
     from propensity.settings import project_home
 
-    if _BAG is None:
+    if _BAG is None or fresh:
         _BAG = DagBag(dag_folder=str(project_home() / "dags"), safe_mode=False)
         if _BAG.import_errors:
             raise SystemExit(f"DAG import errors: {_BAG.import_errors}")
-    # A fresh copy per run: DAG.test merges a run's conf into the DAG's params in place, and the
-    # next run of the same DAG object would inherit it (e.g. the first run's training_end_date).
-    return copy.deepcopy(_BAG.dags[dag_id])
+    dag = _BAG.dags[dag_id]
+    if fresh:
+        _BAG = None  # the next caller must not get this conf-touched object
+    return dag
 
 
 @contextlib.contextmanager
@@ -96,7 +102,7 @@ def run_dag(dag_id: str, day: dt.date | None, conf: dict | None = None, progress
     """
     import threading
 
-    dag = load_dag(dag_id)
+    dag = load_dag(dag_id, fresh=conf is not None)
     logical = dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC) if day else None
     with airflow_output_to(log_file()) as terminal:
         stop = threading.Event()
