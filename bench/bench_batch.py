@@ -17,13 +17,14 @@ of rounds, on synthetic customers shaped like the real snapshots.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from benchline import bench_line
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "unit" / "batch"))  # the tests' synthetic snapshot and model
@@ -135,37 +136,20 @@ def main() -> int:
         f"{naive:>8,.0f} rows/s  (~{n / naive / 60:.0f} min for {n:,})"
     )
     print(f"end to end / ceiling: {e2e / ceiling:.0%} (goal >= 25%); end to end / naive: {e2e / naive:,.0f}x")
-    bench_line(
-        f"batch scoring end to end, {n:,} customers",
-        e2e,
-        ceiling,
-        "ratio >= 0.25 of bare predict",
-        e2e / ceiling >= 0.25,
-        "rows/s",
-    )
-    bench_line(f"batch scoring vs naive per-row loop, {n:,} customers", e2e, naive, None, None, "rows/s")
-    return 0
-
-
-def bench_line(
-    figure: str, ours: float, peer: float | None, goal: str | None, met: bool | None, unit: str
-) -> None:
-    """The machine-readable line bench/run_all.py collects (convention in bench/README.md)."""
-    ratio = ours / peer if peer else None
     print(
-        "BENCH "
-        + json.dumps(
-            {
-                "figure": figure,
-                "ours": ours,
-                "peer": peer,
-                "ratio": ratio,
-                "goal": goal,
-                "met": met,
-                "unit": unit,
-            }
+        bench_line(
+            f"batch scoring end to end, {n:,} customers",
+            e2e,
+            ceiling,
+            "ratio >= 0.25 of bare predict",
+            e2e / ceiling >= 0.25,
+            "rows/s",
         )
     )
+    print(
+        bench_line(f"batch scoring vs naive per-row loop, {n:,} customers", e2e, naive, None, None, "rows/s")
+    )
+    return 0
 
 
 if __name__ == "__main__":

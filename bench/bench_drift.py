@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchline import bench_line
+
 ROOT = Path(__file__).resolve().parents[1]
 DRIFT_PYTHON = os.environ.get("PROPENSITY_DRIFT_PYTHON", str(ROOT / ".venv-drift" / "bin" / "python"))
 
@@ -78,32 +80,17 @@ def main() -> None:
         f"  ours incl. that start: {ours + statistics.median(starts):.2f} s  "
         f"({(ours + statistics.median(starts)) / peer:.1f}x the warm plain loop)"
     )
-    bench_line("drift check, 20 features, 100k vs 100k rows", ours, peer, "ratio <= 2", ours / peer <= 2, "s")
-    bench_line(
-        "drift check incl. external-python start", ours + statistics.median(starts), peer, None, None, "s"
-    )
-    sys.stdout.flush()
-
-
-def bench_line(
-    figure: str, ours: float, peer: float | None, goal: str | None, met: bool | None, unit: str
-) -> None:
-    """The machine-readable line bench/run_all.py collects (convention in bench/README.md)."""
-    ratio = ours / peer if peer else None
     print(
-        "BENCH "
-        + json.dumps(
-            {
-                "figure": figure,
-                "ours": ours,
-                "peer": peer,
-                "ratio": ratio,
-                "goal": goal,
-                "met": met,
-                "unit": unit,
-            }
+        bench_line(
+            "drift check, 20 features, 100k vs 100k rows", ours, peer, "ratio <= 2", ours / peer <= 2, "s"
         )
     )
+    print(
+        bench_line(
+            "drift check incl. external-python start", ours + statistics.median(starts), peer, None, None, "s"
+        )
+    )
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import random
 import shutil
@@ -25,6 +24,7 @@ import uuid
 
 import numpy as np
 import pyarrow as pa
+from benchline import bench_line
 
 from propensity.collect import zone_store
 from propensity.feature_store import FEATURE_VIEW, feature_store, materialize_dates, online_features
@@ -64,19 +64,6 @@ def synthetic_snapshot(customers: int, seed: int = 0) -> pa.Table:
 def percentiles(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-
-
-def bench_line(figure: str, ours: float, peer: float, goal: str | None, met: bool | None, unit: str) -> str:
-    data = {
-        "figure": figure,
-        "ours": round(ours, 3),
-        "peer": round(peer, 3),
-        "ratio": round(ours / peer, 2),
-        "goal": goal,
-        "met": met,
-        "unit": unit,
-    }
-    return "BENCH " + json.dumps(data)
 
 
 def main() -> None:

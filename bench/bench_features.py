@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from benchline import bench_line
 
 from propensity.collect import collect, zone_store
 from propensity.settings import Settings, _deep_merge, _YamlProfiles
@@ -251,18 +252,8 @@ def run_one(settings: Settings, as_of: dt.date, threads: int) -> dict:
     return out
 
 
-def bench_line(figure: str, ours: float, peer: float) -> str:
-    ratio = ours / peer
-    data = {
-        "figure": figure,
-        "ours": round(ours, 2),
-        "peer": round(peer, 2),
-        "ratio": round(ratio, 1),
-        "goal": f"<= {GOAL_RATIO:g}x",
-        "met": ratio <= GOAL_RATIO,
-        "unit": "s",
-    }
-    return "BENCH " + json.dumps(data)
+def features_bench_line(figure: str, ours: float, peer: float) -> str:
+    return bench_line(figure, ours, peer, f"<= {GOAL_RATIO:g}x", ours / peer <= GOAL_RATIO, "s")
 
 
 def main() -> None:
@@ -316,7 +307,7 @@ def main() -> None:
     for run, words in (("spark_warm", "warm JVM"), ("spark_first", "first job of a fresh JVM")):
         for label, r in results.items():
             size = "real year" if label == "real year" else f"{r['events'] / 1e6:.1f}M rows"
-            print(bench_line(f"features {size}, one snapshot, {words}", r[run], r["peer"]))
+            print(features_bench_line(f"features {size}, one snapshot, {words}", r[run], r["peer"]))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import tempfile
 import time
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from benchline import bench_line
 
 from propensity.collect import collect, zone_store
 from propensity.expectations import PRODUCT, build_checks
@@ -220,13 +220,15 @@ def main() -> None:
             print(
                 f"{label:<28} {'gx pandas':<12} {n:>10,} {gx_s:>9.3f} {n / gx_s:>12,.0f} {gx_s / hand_s:>7.1f}x"
             )
-            bench_line(
-                f"validation, {label}",
-                gx_s,
-                hand_s,
-                "ratio <= 3 vs hand-written pandas",
-                gx_s / hand_s <= 3,
-                "s",
+            print(
+                bench_line(
+                    f"validation, {label}",
+                    gx_s,
+                    hand_s,
+                    "ratio <= 3 vs hand-written pandas",
+                    gx_s / hand_s <= 3,
+                    "s",
+                )
             )
             if spark is not None:
                 sdf = spark_frame(spark, frame, tmp)
@@ -244,27 +246,6 @@ def main() -> None:
         if spark is not None:
             spark.stop()
         print("goal: gx pandas <= 3.0x hand pandas")
-
-
-def bench_line(
-    figure: str, ours: float, peer: float | None, goal: str | None, met: bool | None, unit: str
-) -> None:
-    """The machine-readable line bench/run_all.py collects (convention in bench/README.md)."""
-    ratio = ours / peer if peer else None
-    print(
-        "BENCH "
-        + json.dumps(
-            {
-                "figure": figure,
-                "ours": ours,
-                "peer": peer,
-                "ratio": ratio,
-                "goal": goal,
-                "met": met,
-                "unit": unit,
-            }
-        )
-    )
 
 
 if __name__ == "__main__":

@@ -184,42 +184,36 @@ def decide(
                 f"difference [{boot.get('ci_low', float('nan')):+.4f}, {boot.get('ci_high', float('nan')):+.4f}]",
             )
         )
-        for seg in comparison["segments"]:
-            if not seg["evaluable"]:
-                checks.append(
-                    _check(
-                        f"segment {seg['segment']}",
-                        seg["rows"],
-                        "evaluable",
-                        False,
-                        "segment missing: too few rows or one class only",
-                    )
+    checks.extend(segment_checks(comparison["segments"], gate, compare_to_champion=champ is not None))
+    checks.extend(shadow_checks(shadow, gate))
+    return {"mode": mode, "passed": all(c["passed"] for c in checks), "checks": checks}
+
+
+def segment_checks(
+    segments: list[dict[str, Any]], gate: GateThresholds, *, compare_to_champion: bool
+) -> list[dict[str, Any]]:
+    """Every key segment must be evaluable; against a champion, none may lose more than the tolerance."""
+    checks = []
+    for seg in segments:
+        name = f"segment {seg['segment']}"
+        if not seg["evaluable"]:
+            checks.append(
+                _check(
+                    name, seg["rows"], "evaluable", False, "segment missing: too few rows or one class only"
                 )
-                continue
+            )
+        elif compare_to_champion:
             drop = seg["auc_drop"]
             checks.append(
                 _check(
-                    f"segment {seg['segment']}",
+                    name,
                     drop,
                     gate.max_segment_auc_drop,
                     drop <= gate.max_segment_auc_drop,
                     f"AUC {seg['champion_auc']:.4f} -> {seg['challenger_auc']:.4f} on {seg['rows']} rows",
                 )
             )
-    if mode == "first_model":
-        for seg in comparison["segments"]:
-            if not seg["evaluable"]:
-                checks.append(
-                    _check(
-                        f"segment {seg['segment']}",
-                        seg["rows"],
-                        "evaluable",
-                        False,
-                        "segment missing: too few rows or one class only",
-                    )
-                )
-    checks.extend(shadow_checks(shadow, gate))
-    return {"mode": mode, "passed": all(c["passed"] for c in checks), "checks": checks}
+    return checks
 
 
 def shadow_checks(shadow: dict[str, Any], gate: GateThresholds) -> list[dict[str, Any]]:
