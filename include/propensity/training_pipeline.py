@@ -37,10 +37,8 @@ def _features() -> tuple[str, ...]:
 
 
 def _feature_service() -> str:
-    try:
-        from propensity.features import FEATURE_SERVICE
-    except ImportError:  # the features module names its service; fall back to the documented one
-        return "propensity_v1"
+    from propensity.feature_store import FEATURE_SERVICE
+
     return FEATURE_SERVICE
 
 
