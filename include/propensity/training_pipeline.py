@@ -193,14 +193,13 @@ def shadow_challenger(settings: Settings, as_of: dt.date, version: str) -> dict[
 
 def _logged_traffic(settings: Settings, as_of: dt.date) -> tuple[pd.DataFrame | None, str]:
     """Requests the API served in the week before ``as_of`` (features as served), if any."""
-    try:
-        from propensity.serve import read_prediction_log
-    except ImportError:
+    from propensity.drift_data import prediction_log_dir, read_prediction_log
+
+    days = [as_of - dt.timedelta(days=k) for k in range(7, 0, -1)]
+    table = read_prediction_log(_store(settings), prediction_log_dir(settings), days, list(_features()))
+    if table is None or table.num_rows == 0 or not set(_features()) <= set(table.column_names):
         return None, ""
-    frame = read_prediction_log(settings, as_of - dt.timedelta(days=7), as_of)
-    if frame is None or frame.empty:
-        return None, ""
-    return frame, f"prediction log {as_of - dt.timedelta(days=7)}..{as_of}"
+    return table.to_pandas(), f"prediction log {days[0]}..{days[-1]}"
 
 
 def gate_challenger(
