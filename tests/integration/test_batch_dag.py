@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from airflow_cli import AIRFLOW, cli_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "batch"))  # batch_data helpers
 from batch_data import DAY, synthetic_snapshot, train_champion  # noqa: E402
@@ -22,9 +22,6 @@ from propensity.storage import write_partition  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-
 
 def test_dag_skips_without_a_champion_then_scores_the_param_day(tmp_path):
     overrides = {
@@ -32,19 +29,15 @@ def test_dag_skips_without_a_champion_then_scores_the_param_day(tmp_path):
         "serving": {"repository": str(tmp_path / "models")},
         "batch": {"db_url": f"sqlite:///{tmp_path}/predictions.db"},
     }
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "PROPENSITY_"))}
-    env |= {
-        "AIRFLOW_HOME": str(ROOT),
-        "PROPENSITY_HOME": str(ROOT),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/airflow.db",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(tmp_path / "logs"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PROPENSITY_ZONE_ROOT": overrides["zone_root"],
-        "PROPENSITY_SERVING__REPOSITORY": overrides["serving"]["repository"],
-        "PROPENSITY_BATCH__DB_URL": overrides["batch"]["db_url"],
-        "PROPENSITY_SPARK__MASTER": "local[1]",
-    }
-    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=180)
+    env = cli_env(
+        tmp_path,
+        {
+            "PROPENSITY_ZONE_ROOT": overrides["zone_root"],
+            "PROPENSITY_SERVING__REPOSITORY": overrides["serving"]["repository"],
+            "PROPENSITY_BATCH__DB_URL": overrides["batch"]["db_url"],
+            "PROPENSITY_SPARK__MASTER": "local[1]",
+        },
+    )
     settings = Settings(**_deep_merge(_YamlProfiles(Settings)(), overrides))
     write_partition(zone_store(settings), OFFLINE_ZONE, SNAPSHOTS, DAY, synthetic_snapshot(120, DAY))
 

@@ -8,13 +8,13 @@ import datetime as dt
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from airflow_cli import AIRFLOW, ROOT, cli_env
 
 from propensity.collect import zone_store
 from propensity.drift_data import load_window, write_reference
@@ -24,8 +24,6 @@ from propensity.storage import write_partition
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 DRIFT_PYTHON = os.environ.get("PROPENSITY_DRIFT_PYTHON", str(ROOT / ".venv-drift" / "bin" / "python"))
 DAY = dt.date(2011, 11, 10)
 COLUMNS = ["recency_days", "orders_90d", "spend_90d"]
@@ -146,20 +144,16 @@ def test_window_detectors_policy_and_report(make_settings, tmp_path: Path) -> No
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("airflow")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "PROPENSITY_"))}
-    env |= {
-        "AIRFLOW_HOME": str(ROOT),
-        "PROPENSITY_HOME": str(ROOT),
-        "PROPENSITY_DRIFT_PYTHON": DRIFT_PYTHON,
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp}/airflow.db",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(tmp / "logs"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PROPENSITY_ZONE_ROOT": str(tmp / "zones"),
-        "PROPENSITY_CACHE_DIR": str(tmp / "cache"),
-        "PROPENSITY_TRAINING__MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
-        "MLFLOW_ENABLE_TELEMETRY": "false",
-    }
-    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=180)
+    env = cli_env(
+        tmp,
+        {
+            "PROPENSITY_DRIFT_PYTHON": DRIFT_PYTHON,
+            "PROPENSITY_ZONE_ROOT": str(tmp / "zones"),
+            "PROPENSITY_CACHE_DIR": str(tmp / "cache"),
+            "PROPENSITY_TRAINING__MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+            "MLFLOW_ENABLE_TELEMETRY": "false",
+        },
+    )
     return env
 
 

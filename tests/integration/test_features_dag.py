@@ -8,13 +8,12 @@ materializes it into a SQLite online store of its own; both are checked from thi
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from airflow_cli import AIRFLOW, cli_env
 
 from propensity.collect import zone_store
 from propensity.feature_store import CustomerFeatures, NoFeatures, online_features
@@ -31,8 +30,6 @@ from propensity.storage import write_partition
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 FIRST, LAST = dt.date(2011, 1, 20), dt.date(2011, 2, 28)
 LOGICAL = "2011-02-27"  # the run owns Feb 27 and computes the snapshot as of Feb 28
 AS_OF = dt.date(2011, 2, 28)
@@ -101,21 +98,17 @@ def dag_run(tmp_path_factory) -> Path:
     """`airflow dags test features 2011-02-27` over a temporary DB, zone root and Feast store."""
     tmp = tmp_path_factory.mktemp("airflow-features")
     write_validated(settings_at(tmp))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "PROPENSITY_"))}
-    env |= {
-        "AIRFLOW_HOME": str(ROOT),
-        "PROPENSITY_HOME": str(ROOT),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp}/airflow.db",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(tmp / "logs"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PROPENSITY_ZONE_ROOT": str(tmp / "zones"),
-        "PROPENSITY_CACHE_DIR": str(tmp / "cache"),
-        "PROPENSITY_SPARK__MASTER": "local[1]",
-        "PROPENSITY_FEATURES__ONLINE_STORE": "sqlite",
-        "PROPENSITY_FEATURES__REGISTRY": str(tmp / "feast" / "registry.db"),
-        "PROPENSITY_FEATURES__SQLITE_PATH": str(tmp / "feast" / "online.db"),
-    }
-    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=180)
+    env = cli_env(
+        tmp,
+        {
+            "PROPENSITY_ZONE_ROOT": str(tmp / "zones"),
+            "PROPENSITY_CACHE_DIR": str(tmp / "cache"),
+            "PROPENSITY_SPARK__MASTER": "local[1]",
+            "PROPENSITY_FEATURES__ONLINE_STORE": "sqlite",
+            "PROPENSITY_FEATURES__REGISTRY": str(tmp / "feast" / "registry.db"),
+            "PROPENSITY_FEATURES__SQLITE_PATH": str(tmp / "feast" / "online.db"),
+        },
+    )
     run = subprocess.run(
         [AIRFLOW, "dags", "test", "features", LOGICAL], env=env, capture_output=True, text=True, timeout=600
     )

@@ -4,35 +4,27 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from airflow_cli import AIRFLOW, cli_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory) -> dict[str, str]:
     """AIRFLOW_HOME stays the repo (its airflow.cfg, dags/, plugins/); DB and zones are temporary."""
     tmp = tmp_path_factory.mktemp("airflow")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "PROPENSITY_"))}
-    env |= {
-        "AIRFLOW_HOME": str(ROOT),
-        "PROPENSITY_HOME": str(ROOT),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp}/airflow.db",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(tmp / "logs"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PROPENSITY_ZONE_ROOT": str(tmp / "zones"),
-        "PROPENSITY_CACHE_DIR": str(tmp / "cache"),
-    }
-    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=180)
+    env = cli_env(
+        tmp,
+        {
+            "PROPENSITY_ZONE_ROOT": str(tmp / "zones"),
+            "PROPENSITY_CACHE_DIR": str(tmp / "cache"),
+        },
+    )
     return env
 
 

@@ -7,7 +7,6 @@ a temporary metadata DB; the source is a landing folder with one delivery per da
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -15,11 +14,10 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from airflow_cli import ROOT, cli_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 GOOD, BAD = "2011-03-01", "2011-03-02"
 
 
@@ -43,19 +41,15 @@ def delivery(env: dict[str, str], day: str, rows: int) -> None:
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("airflow-validate")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "PROPENSITY_"))}
-    env |= {
-        "AIRFLOW_HOME": str(ROOT),
-        "PROPENSITY_HOME": str(ROOT),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp}/airflow.db",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(tmp / "logs"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PROPENSITY_ZONE_ROOT": str(tmp / "zones"),
-        "PROPENSITY_CACHE_DIR": str(tmp / "cache"),
-        "PROPENSITY_SOURCE__KIND": "landing",
-        "PROPENSITY_SOURCE__PATH": str(tmp / "landing"),
-    }
-    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=180)
+    env = cli_env(
+        tmp,
+        {
+            "PROPENSITY_ZONE_ROOT": str(tmp / "zones"),
+            "PROPENSITY_CACHE_DIR": str(tmp / "cache"),
+            "PROPENSITY_SOURCE__KIND": "landing",
+            "PROPENSITY_SOURCE__PATH": str(tmp / "landing"),
+        },
+    )
     return env
 
 
