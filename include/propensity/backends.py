@@ -187,7 +187,10 @@ class TritonBackend:
         self._local = threading.local()
 
     @classmethod
-    def from_settings(cls, settings: Settings, version: str | int) -> TritonBackend:
+    def from_settings(
+        cls, settings: Settings, version: str | int, *, timeout_s: float | None = None
+    ) -> TritonBackend:
+        """The configured server; ``timeout_s`` defaults to the per-request timeout."""
         s = settings.serving
         if not s.triton_url:
             raise ValueError("serving.backend is 'triton' but serving.triton_url is not set")
@@ -197,7 +200,7 @@ class TritonBackend:
             version,
             protocol=s.triton_protocol,
             adapter=adapter_for(s.server_flavor),
-            timeout_s=s.request_timeout_s,
+            timeout_s=s.request_timeout_s if timeout_s is None else timeout_s,
         )
 
     @property

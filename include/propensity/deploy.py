@@ -164,14 +164,8 @@ def _served_backend(settings: Settings, version: str) -> tuple[ModelBackend, Tri
     if not s.triton_url:
         # No server: the API's in-process backend reads this very file.
         return InProcessBackend.from_repository(settings, version), None
-    server = TritonBackend(
-        s.triton_url,
-        s.model_name,
-        version,
-        protocol=s.triton_protocol,
-        adapter=adapter_for(s.server_flavor),
-        timeout_s=s.ready_timeout_s,
-    )
+    # Loading a model takes longer than answering a request: the readiness timeout applies.
+    server = TritonBackend.from_settings(settings, version, timeout_s=s.ready_timeout_s)
     server.load()
     deadline = time.monotonic() + s.ready_timeout_s
     while not server.ready():

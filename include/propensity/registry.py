@@ -237,20 +237,38 @@ class Registry:
         """Append an audit row without moving an alias (a refused gate, a failed deploy)."""
         champion = self.alias_version(CHAMPION)
         with self.engine.begin() as conn:
-            conn.execute(
-                audit_table.insert().values(
-                    at=_now(),
-                    model_name=self.name,
-                    action=action,
-                    alias=None,
-                    from_version=champion,
-                    to_version=version,
-                    actor=actor or default_actor(),
-                    reason=reason,
-                    logical_date=logical_date,
-                    report=json.dumps(report, default=str) if report else None,
-                )
+            self._append_audit(
+                conn, _now(), action, None, champion, version, actor, reason, logical_date, report
             )
+
+    def _append_audit(
+        self,
+        conn: sa.Connection,
+        at: str,
+        action: str,
+        alias: str | None,
+        from_version: str | None,
+        to_version: str | None,
+        actor: str | None,
+        reason: str,
+        logical_date: str,
+        report: dict[str, Any] | None,
+    ) -> None:
+        """One audit row, inside the caller's transaction (with the alias move it records, if any)."""
+        conn.execute(
+            audit_table.insert().values(
+                at=at,
+                model_name=self.name,
+                action=action,
+                alias=alias,
+                from_version=from_version,
+                to_version=to_version,
+                actor=actor or default_actor(),
+                reason=reason,
+                logical_date=logical_date,
+                report=json.dumps(report, default=str) if report else None,
+            )
+        )
 
     def rollback(self, *, reason: str, logical_date: str, actor: str | None = None) -> dict[str, Any]:
         """Restore the champion before the current one (from the audit trail)."""
@@ -329,19 +347,8 @@ class Registry:
                     raise PromotionConflict(
                         f"{alias} of {self.name} is v{previous}, not v{expected}: another promotion won"
                     )
-            conn.execute(
-                audit_table.insert().values(
-                    at=now,
-                    model_name=self.name,
-                    action=action,
-                    alias=alias,
-                    from_version=previous,
-                    to_version=version,
-                    actor=actor or default_actor(),
-                    reason=reason,
-                    logical_date=logical_date,
-                    report=json.dumps(report, default=str) if report else None,
-                )
+            self._append_audit(
+                conn, now, action, alias, previous, version, actor, reason, logical_date, report
             )
         # MLflow follows the table: serving and humans read aliases there.
         self.client.set_registered_model_alias(self.name, alias, version)
