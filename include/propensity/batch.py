@@ -9,11 +9,14 @@ champion and replaces the day's rows of the predictions table (:mod:`propensity.
   and broadcasts the bytes, so a deploy during the run cannot mix two versions; each Python worker
   loads it once (cached by hash: Spark reuses workers across tasks) into the API's own
   :class:`~propensity.backends.InProcessBackend`.
-* Scoring is vectorised (``mapInPandas``, one ``inplace_predict`` per Arrow batch) on the matrix
-  built by :func:`propensity.train.matrix` with the champion's feature order: batch, API and
-  training see identical inputs.
+* Scoring is vectorised and done in the same pass as the write: one ``mapInArrow`` task per
+  row group of the snapshot (no shuffle; the task's predict uses the cores the others leave),
+  one ``inplace_predict`` per Arrow batch on the matrix built by :func:`propensity.train.matrix`
+  with the champion's feature order (batch, API and training see identical inputs), and each
+  scored batch goes straight into the task's COPY.
 * Each partition stages its rows through the database's Python driver (COPY on Postgres); the
-  driver then swaps the day in one transaction. Re-runs and backfills replace the day exactly.
+  driver then swaps the day in one transaction (:mod:`propensity.predictions_db`). Re-runs and
+  backfills replace the day exactly.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ import datetime as dt
 import functools
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import xgboost as xgb
 
 from propensity.backends import InProcessBackend, model_file_parts, repository_store
 from propensity.collect import zone_store
@@ -38,10 +43,12 @@ from propensity.predictions_db import (
     PredictionsDB,
     PredictionsDBError,
     PredictionsDBUnavailable,
+    StagedBatch,
     day_summary,
     db_from_settings,
     discard_batch,
     migrate,
+    open_batch,
     publish_day,
     stage_rows,
 )
@@ -56,7 +63,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCORED_SCHEMA = "customer_id string, score double"
-STAGED_SCHEMA = "part int, rows long, score_sum double"
+STAGED_SCHEMA = "part int, rows long, input_s double, predict_s double, write_s double"
+STAGED_ARROW = pa.schema(
+    [("part", pa.int32()), ("rows", pa.int64())]
+    + [(k, pa.float64()) for k in ("input_s", "predict_s", "write_s")]
+)
 
 
 class NoChampionDeployed(RuntimeError):
@@ -122,8 +133,10 @@ def feature_date_for(settings: Settings, day: dt.date) -> dt.date:
 
 def read_features(
     spark: SparkSession, settings: Settings, feature_date: dt.date, columns: Iterable[str]
-) -> tuple[DataFrame, int]:
-    """The snapshot's ``columns`` as a DataFrame, and its row count (from the Parquet footer)."""
+) -> tuple[DataFrame, int, int]:
+    """The snapshot's ``columns`` as a DataFrame, its row count (from the Parquet footer) and how
+    many partitions can hold rows (Spark reads a row group in one task: a snapshot of one row
+    group is one task however many byte-range splits the file gets)."""
     import pyarrow.parquet as pq
 
     store = zone_store(settings)
@@ -133,10 +146,11 @@ def read_features(
         path = store.path(*parts)
         schema_names = pq.read_schema(path).names
         _check_columns(schema_names, cols, store.uri_of(*parts))
-        return spark.read.parquet(path).select(*cols), pq.read_metadata(path).num_rows
+        meta = pq.read_metadata(path)
+        return spark.read.parquet(path).select(*cols), meta.num_rows, max(1, meta.num_row_groups)
     table = read_partition(store, OFFLINE_ZONE, SNAPSHOTS, feature_date)
     _check_columns(table.column_names, cols, store.uri_of(*parts))
-    return spark.createDataFrame(table.select(cols)), table.num_rows
+    return spark.createDataFrame(table.select(cols)), table.num_rows, spark.sparkContext.defaultParallelism
 
 
 def _check_columns(have: list[str], want: list[str], where: str) -> None:
@@ -146,68 +160,94 @@ def _check_columns(have: list[str], want: list[str], where: str) -> None:
 
 
 # -- executor side ---------------------------------------------------------------------------
-# sha256 -> backend, per Python worker process: Spark reuses workers, so a model loads once each.
-_BACKENDS: dict[str, InProcessBackend] = {}
+# sha256 -> (backend, booster), per Python worker process: Spark reuses workers, so a model loads once each.
+_BACKENDS: dict[str, tuple[InProcessBackend, xgb.Booster]] = {}
 
 
-def _backend(model_bc: Any, sha: str, version: str) -> InProcessBackend:
-    backend = _BACKENDS.get(sha)
-    if backend is None:
-        _BACKENDS.clear()  # one model per worker: a new champion evicts the old
-        backend = _BACKENDS[sha] = InProcessBackend.from_bytes(model_bc.value, version)
-        log.info("loaded champion v%s (%s) in this worker", version, sha[:12])
-    return backend
+@dataclass(frozen=True)
+class _Scorer:
+    """What a task needs to score: the broadcast model and how many threads it may use."""
+
+    model_bc: Any
+    sha: str
+    version: str
+    features: tuple[str, ...]
+    threads: int
+
+    def backend(self) -> InProcessBackend:
+        loaded = _BACKENDS.get(self.sha)
+        if loaded is None:
+            _BACKENDS.clear()  # one model per worker: a new champion evicts the old
+            booster = xgb.Booster()
+            booster.load_model(bytearray(self.model_bc.value))
+            loaded = _BACKENDS[self.sha] = (InProcessBackend(booster, self.version), booster)
+            log.info("loaded champion v%s (%s) in this worker", self.version, self.sha[:12])
+        backend, booster = loaded
+        # The API scores a few rows per call on one thread; a batch task owns its share of the cores.
+        booster.set_param({"nthread": self.threads})
+        return backend
+
+    def scores(self, backend: InProcessBackend, batch: pa.RecordBatch) -> np.ndarray:
+        """The API's predict on the training matrix: only the feature columns go through pandas."""
+        return backend.predict(matrix(batch.select(list(self.features)).to_pandas(), self.features))
 
 
-def _score_batches(
-    batches: Iterator[pd.DataFrame], *, model_bc: Any, sha: str, version: str, features: tuple[str, ...]
-) -> Iterator[pd.DataFrame]:
-    backend = _backend(model_bc, sha, version)
-    for frame in batches:
-        scores = backend.predict(matrix(frame, features))
-        yield pd.DataFrame({ENTITY_KEY: frame[ENTITY_KEY].to_numpy(), "score": scores})
+def _score_batches(batches: Iterator[pa.RecordBatch], *, scorer: _Scorer) -> Iterator[pa.RecordBatch]:
+    backend = scorer.backend()
+    for batch in batches:
+        yield pa.record_batch({ENTITY_KEY: batch.column(ENTITY_KEY), "score": scorer.scores(backend, batch)})
 
 
-def score_frame(features: DataFrame, model: ChampionModel) -> DataFrame:
+def score_frame(features: DataFrame, model: ChampionModel, threads: int = 1) -> DataFrame:
     """``customer_id, score`` for every row of ``features`` (pure: nothing is written)."""
-    sc = features.sparkSession.sparkContext
-    model_bc = sc.broadcast(model.model_bytes)
-    fn = functools.partial(
-        _score_batches,
-        model_bc=model_bc,
-        sha=model.sha256,
-        version=model.version,
-        features=model.feature_names,
+    return features.mapInArrow(
+        functools.partial(_score_batches, scorer=_scorer(features.sparkSession, model, threads)),
+        SCORED_SCHEMA,
     )
-    return features.mapInPandas(fn, SCORED_SCHEMA)
 
 
-def _checked(frame: pd.DataFrame) -> pd.DataFrame:
-    bad = ~np.isfinite(frame["score"].to_numpy()) | (frame["score"] < 0) | (frame["score"] > 1)
+def _scorer(spark: SparkSession, model: ChampionModel, threads: int) -> _Scorer:
+    model_bc = spark.sparkContext.broadcast(model.model_bytes)
+    return _Scorer(model_bc, model.sha256, model.version, model.feature_names, threads)
+
+
+def _checked(batch: pa.RecordBatch, scores: np.ndarray) -> np.ndarray:
+    bad = ~np.isfinite(scores) | (scores < 0) | (scores > 1)
     if bad.any():
-        raise BatchInputError(
-            f"{int(bad.sum())} score(s) outside [0, 1], e.g. customers {frame.loc[bad, ENTITY_KEY].head(3).tolist()}"
-        )
-    return frame
+        ids = batch.column(ENTITY_KEY).filter(pa.array(bad)).to_pylist()[:3]
+        raise BatchInputError(f"{int(bad.sum())} score(s) outside [0, 1], e.g. customers {ids}")
+    return scores
 
 
-def _stage_batches(
-    batches: Iterator[pd.DataFrame], *, db: PredictionsDB, batch_id: str, meta: dict[str, str]
-) -> Iterator[pd.DataFrame]:
+def _score_and_stage(
+    batches: Iterator[pa.RecordBatch], *, scorer: _Scorer, db: PredictionsDB, staged: StagedBatch
+) -> Iterator[pa.RecordBatch]:
+    """One partition, one pass: score each Arrow batch and COPY it as it comes; yields one
+    summary row (rows, and seconds spent waiting for input, predicting and writing)."""
     from pyspark import TaskContext
 
     part = TaskContext.get().partitionId()
-    totals = {"rows": 0, "score_sum": 0.0}
+    backend = scorer.backend()
+    clock = {"input_s": 0.0, "predict_s": 0.0, "write_s": 0.0}
 
-    def rows() -> Iterator[pd.DataFrame]:
-        for frame in batches:
-            frame = _checked(frame)
-            totals["rows"] += len(frame)
-            totals["score_sum"] += float(frame["score"].sum())
-            yield frame.assign(**meta)
+    def scored() -> Iterator[pa.Table]:
+        t0 = time.perf_counter()
+        for batch in batches:
+            t1 = time.perf_counter()
+            scores = _checked(batch, scorer.scores(backend, batch))
+            t2 = time.perf_counter()
+            clock["input_s"] += t1 - t0
+            clock["predict_s"] += t2 - t1
+            yield pa.table({ENTITY_KEY: batch.column(ENTITY_KEY), "score": scores})
+            t0 = time.perf_counter()  # the time in between went to writing the batch
 
-    stage_rows(db, batch_id, part, rows())
-    yield pd.DataFrame({"part": [part], "rows": [totals["rows"]], "score_sum": [totals["score_sum"]]})
+    t_start = time.perf_counter()
+    rows = stage_rows(db, staged, part, scored())
+    # Writing: CSV and COPY of each batch, plus connecting and committing.
+    clock["write_s"] = time.perf_counter() - t_start - clock["input_s"] - clock["predict_s"]
+    yield pa.record_batch(
+        {"part": [part], "rows": [rows], **{k: [v] for k, v in clock.items()}}, STAGED_ARROW
+    )
 
 
 # -- driver side -----------------------------------------------------------------------------
@@ -222,18 +262,28 @@ def score_day(
     """Score every active customer for ``day`` and replace the day's predictions.
 
     Returns ``rows``, ``model_version``, ``top`` (``[(customer_id, score)]``, best first, as
-    read back from the table) and where the inputs came from. ``run_id`` is recorded on each row
-    (the Airflow run id; default ``manual__<day>``). Raises :class:`NoChampionDeployed`,
-    :class:`BatchInputError` or :class:`~propensity.predictions_db.PredictionsDBUnavailable`;
-    on any failure the day's previous rows are left as they were.
+    read back from the table), where the inputs came from and ``timings`` (seconds: ``prepare``,
+    ``score_and_stage`` (the Spark job), ``publish``, ``summary``; and summed over the tasks,
+    ``input`` (waiting for Spark's Arrow batches), ``predict``, ``write``). ``run_id`` is
+    recorded on each row (the Airflow run id; default ``manual__<day>``). Raises
+    :class:`NoChampionDeployed`, :class:`BatchInputError` or
+    :class:`~propensity.predictions_db.PredictionsDBUnavailable`; on any failure the day's
+    previous rows are left as they were.
     """
     cfg = settings.batch
+    t0 = time.perf_counter()
     model = deployed_champion(settings)
     feature_date = feature_date_for(settings, day)
     db = db_from_settings(settings)
     migrate(db)  # fails fast, before any Spark work, when the database is down
-    run_id = run_id or f"manual__{day.isoformat()}"
-    batch_id = uuid.uuid4().hex  # one attempt's staging key; retries get a fresh one
+    staged = StagedBatch(
+        batch_id=uuid.uuid4().hex,  # one attempt's staging key; retries get a fresh one
+        model_name=model.model_name,
+        model_version=model.version,
+        feature_date=feature_date,
+        scored_for_date=day,
+        run_id=run_id or f"manual__{day.isoformat()}",
+    )
     if spark is None:
         from propensity.spark import spark_session
 
@@ -243,13 +293,6 @@ def score_day(
             settings.spark.shuffle_partitions,
             settings.spark.driver_memory,
         )
-    meta = {
-        "model_name": model.model_name,
-        "model_version": model.version,
-        "feature_date": feature_date.isoformat(),
-        "scored_for_date": day.isoformat(),
-        "run_id": run_id,
-    }
     log.info(
         "scoring %s with %s v%s on the snapshot of %s -> %s",
         day, model.model_name, model.version, feature_date, db.safe_url,
@@ -257,35 +300,61 @@ def score_day(
     arrow_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     previous_batch_rows = spark.conf.get(arrow_key)
     spark.conf.set(arrow_key, str(cfg.arrow_batch_rows))
+    timings: dict[str, float] = {}
     try:
-        features, expected = read_features(spark, settings, feature_date, model.feature_names)
-        partitions = cfg.partitions or spark.sparkContext.defaultParallelism
-        if features.rdd.getNumPartitions() < partitions:
-            # A snapshot is one Parquet row group: without this one core would score it all.
-            features = features.repartition(partitions)
-        stage = functools.partial(_stage_batches, db=db, batch_id=batch_id, meta=meta)
-        staged = score_frame(features, model).mapInPandas(stage, STAGED_SCHEMA).collect()
-        rows = sum(int(r["rows"]) for r in staged)
+        features, expected, slices = read_features(spark, settings, feature_date, model.feature_names)
+        if cfg.partitions and slices < cfg.partitions:
+            features, slices = features.repartition(cfg.partitions), cfg.partitions
+        else:
+            # No shuffle by default: it costs more than it buys (a snapshot is one row group, one
+            # task, whose predict uses every core instead). Coalescing drops the empty splits,
+            # each of which would start a Python worker (seconds of imports) for nothing.
+            features = features.coalesce(slices)
+        threads = max(1, spark.sparkContext.defaultParallelism // slices)
+        open_batch(db, staged)
+        t1 = time.perf_counter()
+        stage = functools.partial(
+            _score_and_stage, scorer=_scorer(spark, model, threads), db=db, staged=staged
+        )
+        parts = features.mapInArrow(stage, STAGED_SCHEMA).collect()
+        t2 = time.perf_counter()
+        rows = sum(int(r["rows"]) for r in parts)
         if rows != expected:
             raise BatchInputError(f"staged {rows} rows but the snapshot of {feature_date} has {expected}")
-        publish_day(db, day, batch_id, rows, before_commit=before_commit)
+        publish_day(db, staged, rows, before_commit=before_commit)
+        t3 = time.perf_counter()
     except Exception as exc:
-        discard_batch(db, batch_id)
+        discard_batch(db, staged)
         raise _clear_error(exc, db) from exc
     finally:
         spark.conf.set(arrow_key, previous_batch_rows)
     summary = day_summary(db, day, cfg.top_n)
+    timings = {
+        "prepare": t1 - t0,
+        "score_and_stage": t2 - t1,
+        "publish": t3 - t2,
+        "summary": time.perf_counter() - t3,
+        **{
+            k.removesuffix("_s"): sum(float(r[k]) for r in parts) for k in ("input_s", "predict_s", "write_s")
+        },
+    }
     result = {
         "day": day.isoformat(),
         "feature_date": feature_date.isoformat(),
         "rows": rows,
         "model_name": model.model_name,
         "model_version": model.version,
-        "run_id": run_id,
+        "run_id": staged.run_id,
         "database": db.safe_url,
         "top": summary["top"],
+        "tasks": len(parts),
+        "threads_per_task": threads,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    log.info("predictions for %s: %d rows by v%s, top %s", day, rows, model.version, summary["top"][:3])
+    log.info(
+        "predictions for %s: %d rows by v%s in %d task(s), top %s; seconds %s",
+        day, rows, model.version, len(parts), summary["top"][:3], result["timings"],
+    )  # fmt: skip
     return result
 
 

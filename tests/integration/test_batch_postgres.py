@@ -1,15 +1,17 @@
-"""Batch scoring into the real Postgres at 127.0.0.1:5432: COPY staging, the atomic day swap, faults.
+"""Batch scoring into the real Postgres at 127.0.0.1:5432: COPY staging, the atomic partition swap, faults.
 
 Each test gets a schema of its own in database ``test``, dropped afterwards.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 import uuid
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psycopg
 import pytest
 
@@ -22,11 +24,18 @@ from propensity.collect import zone_store  # noqa: E402
 from propensity.deploy import deploy_model  # noqa: E402
 from propensity.features import MODEL_FEATURES, OFFLINE_ZONE, SNAPSHOTS  # noqa: E402
 from propensity.predictions_db import (  # noqa: E402
+    MIGRATIONS,
+    PredictionsDB,
     PredictionsDBError,
     PredictionsDBUnavailable,
+    StagedBatch,
     db_from_settings,
+    migrate,
+    open_batch,
+    publish_day,
     read_day,
     schema_version,
+    stage_rows,
 )
 from propensity.storage import write_partition  # noqa: E402
 from propensity.train import matrix  # noqa: E402
@@ -58,13 +67,27 @@ def env(make_settings, tmp_path, schema):
     return settings, snapshot, champion
 
 
-def reader_view(schema: str) -> tuple[int, set[str]]:
-    """What another session sees of the day right now."""
+def reader_view(schema: str, lock_timeout: str = "0") -> tuple[int, set[str]] | str:
+    """What another session sees of the day right now ("waits" if it cannot read within ``lock_timeout``)."""
     with psycopg.connect(PG) as conn:
-        rows = conn.execute(
-            f"SELECT model_version FROM {schema}.predictions WHERE scored_for_date = %s", (DAY,)
-        ).fetchall()
+        conn.execute(f"SET lock_timeout = '{lock_timeout}'")
+        try:
+            rows = conn.execute(
+                f"SELECT model_version FROM {schema}.predictions WHERE scored_for_date = %s", (DAY,)
+            ).fetchall()
+        except psycopg.errors.LockNotAvailable:
+            return "waits"
     return len(rows), {r[0] for r in rows}
+
+
+def stage_tables(schema: str) -> list[tuple]:
+    with psycopg.connect(PG) as conn:
+        return conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename LIKE 'predictions_stage_%%' "
+            "AND tablename <> 'predictions_stage_parts' "
+            f"UNION ALL SELECT batch_id FROM {schema}.predictions_stage_parts",
+            (schema,),
+        ).fetchall()
 
 
 def test_scores_land_in_postgres_bit_exact_and_a_rerun_replaces_them(env, schema, spark):
@@ -74,7 +97,7 @@ def test_scores_land_in_postgres_bit_exact_and_a_rerun_replaces_them(env, schema
     second = score_day(settings, DAY, run_id="scheduled__2", spark=spark)
 
     db = db_from_settings(settings)
-    assert schema_version(db) == 2
+    assert schema_version(db) == MIGRATIONS[-1].version == 3
     rows = read_day(db, DAY)
     assert (first["rows"], second["rows"], len(rows)) == (N, N, N)
     assert rows["customer_id"].is_unique and set(rows["model_version"]) == {"2"}
@@ -88,8 +111,14 @@ def test_scores_land_in_postgres_bit_exact_and_a_rerun_replaces_them(env, schema
         )
     )
     assert rows["score"].tolist() == [want[c] for c in rows["customer_id"]]  # COPY kept every bit
+    assert stage_tables(schema) == []  # the batch's table became the day's partition
     with psycopg.connect(PG) as conn:
-        assert conn.execute(f"SELECT count(*) FROM {schema}.predictions_staging").fetchone() == (0,)
+        partitions = conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = %s::regclass",
+            (f"{schema}.predictions",),
+        ).fetchall()
+    assert partitions == [("predictions_20111201",)]
 
 
 def test_readers_see_the_old_day_until_commit_and_a_crash_keeps_it(env, schema, spark):
@@ -99,12 +128,13 @@ def test_readers_see_the_old_day_until_commit_and_a_crash_keeps_it(env, schema, 
     seen: list[tuple[int, set[str]]] = []
 
     def crash_after_every_row_is_written() -> None:
-        seen.append(reader_view(schema))  # the new rows are in, uncommitted
+        # The new partition is attached, uncommitted: a reader can only wait for the outcome.
+        seen.append(reader_view(schema, lock_timeout="500ms"))
         raise RuntimeError("executor lost before commit")
 
     with pytest.raises(PredictionsDBError, match="executor lost before commit"):
         score_day(settings, DAY, spark=spark, before_commit=crash_after_every_row_is_written)
-    assert seen == [(N, {"1"})]  # no gap and no mix while the swap was in flight
+    assert seen == ["waits"]  # no gap and no mix while the swap was in flight
     assert reader_view(schema) == (N, {"1"})
 
     score_day(settings, DAY, spark=spark)  # the retry
@@ -121,7 +151,7 @@ def test_a_connection_killed_mid_swap_fails_clearly_and_the_retry_succeeds(env, 
             killed = admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE state = 'idle in transaction' AND query LIKE %s",
-                (f"%{schema}.predictions_staging%",),
+                (f"%{schema}.predictions%",),
             ).fetchall()
         assert killed == [(True,)]
 
@@ -147,3 +177,47 @@ def test_database_down_is_a_clear_error_and_the_retry_succeeds(env, schema, spar
     ):
         score_day(down, DAY, spark=spark)
     assert score_day(settings, DAY, spark=spark)["rows"] == N
+
+
+def test_a_retried_partition_replaces_what_it_committed(schema):
+    db = PredictionsDB(PG, schema)
+    migrate(db)
+    staged = StagedBatch("0000beef", "propensity", "1", DAY, DAY, "r1")
+    open_batch(db, staged)
+    frame = pd.DataFrame({"customer_id": [f"c{i}" for i in range(10)], "score": np.linspace(0, 1, 10)})
+    stage_rows(db, staged, 0, frame.iloc[:6])
+    stage_rows(db, staged, 0, frame.iloc[:6])  # the same Spark task, retried after its commit
+    stage_rows(db, staged, 1, frame.iloc[6:])
+    assert publish_day(db, staged, 10) == 10
+    assert read_day(db, DAY)["score"].tolist() == frame["score"].tolist()
+    assert stage_tables(schema) == []
+
+
+def test_a_version_2_database_is_partitioned_by_day_keeping_its_rows(schema):
+    db = PredictionsDB(PG, schema)
+    with psycopg.connect(PG, autocommit=True) as conn:  # the database as version 2 left it
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"SET search_path = {schema}")
+        conn.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+            "applied_at TEXT NOT NULL)"
+        )
+        for m in MIGRATIONS[:2]:
+            for statement in m.postgres:
+                conn.execute(statement.replace("{schema}", f"{schema}."))
+            conn.execute("INSERT INTO schema_migrations VALUES (%s, %s, 'then')", (m.version, m.description))
+        for day in ("2011-11-30", "2011-12-01"):
+            conn.execute(
+                "INSERT INTO predictions SELECT 'c' || i, i / 10.0, 'propensity', '1', %s, %s, 'old' "
+                "FROM generate_series(0, 9) i",
+                (day, day),
+            )
+    assert schema_version(db) == 2
+    assert migrate(db) == 3
+    assert len(read_day(db, DAY)) == 10 and set(read_day(db, DAY)["run_id"]) == {"old"}
+    staged = StagedBatch("0000cafe", "propensity", "2", DAY, DAY, "new")
+    open_batch(db, staged)
+    stage_rows(db, staged, 0, pd.DataFrame({"customer_id": ["a", "b"], "score": [0.25, 0.5]}))
+    assert publish_day(db, staged, 2) == 2
+    assert read_day(db, DAY)["customer_id"].tolist() == ["a", "b"]
+    assert len(read_day(db, DAY - dt.timedelta(days=1))) == 10  # the other day untouched
