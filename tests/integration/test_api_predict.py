@@ -100,7 +100,10 @@ def test_api_key_is_required(env, monkeypatch):
         assert post(client, {"customer_id": "17850"}, key="other-key").status_code == 200
         # probes and the schema stay open
         assert client.get("/healthz").json() == {"status": "alive"}
-        assert "/predict" in client.get("/openapi.json").json()["paths"]
+        predict = client.get("/openapi.json").json()["paths"]["/predict"]["post"]
+        body = predict["requestBody"]["content"]["application/json"]["schema"]
+        assert set(body["properties"]) == {"customer_id", "customer_ids"}
+        assert set(predict["responses"]) >= {"200", "401", "404", "413", "422", "503"}
     monkeypatch.delenv("PROPENSITY_API_KEYS")
     with pytest.raises(RuntimeError, match=r"\$PROPENSITY_API_KEYS is empty"):
         create_app(settings, feature_source=source)
