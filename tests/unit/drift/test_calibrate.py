@@ -44,3 +44,67 @@ def test_calibrate_cli_over_snapshots(tmp_path) -> None:
     assert [(c["day"], c["alarm"]) for c in result["checks"]] == [("2011-06-15", False), ("2011-11-01", True)]
     assert result["checks"][1]["drifted_features"] == ["recency_days"]
     assert result["first_alarm"] == "2011-11-01" and result["alarm_rate"] == 0.5
+
+
+def test_shift_start_is_read_from_activity() -> None:
+    from propensity.drift import first_day_above_band, trailing_active_customers
+
+    d = dt.date(2011, 10, 1)
+    customer_days = {d + dt.timedelta(days=k): {f"c{k % 10}"} for k in range(20)}
+    # days 0..19 each bring one of ten customers: a trailing week holds seven distinct ones
+    assert trailing_active_customers(customer_days, d + dt.timedelta(days=10)) == 7
+    assert trailing_active_customers(customer_days, d + dt.timedelta(days=2)) == 3  # days before d: none
+    counts = {d + dt.timedelta(days=k): v for k, v in enumerate([5, 7, 6, 7, 6, 7, 8, 9])}
+    start, band = first_day_above_band(counts, d, d + dt.timedelta(days=4))
+    assert band == {"min": 5, "max": 7}
+    assert start == d + dt.timedelta(days=6)  # day 5 equals the band's max: not above it
+
+
+def test_calibrate_cli_against_a_model_reference_with_a_stable_period(tmp_path) -> None:
+    from propensity.drift_data import write_reference
+
+    store = open_store(str(tmp_path / "zones"))
+    rng = np.random.default_rng(1)
+    n = 3_000
+    write_reference(
+        store,
+        "purchase_propensity",
+        1,
+        pa.table({"recency_days": rng.gamma(2.0, 20.0, n), "score": rng.random(n)}),
+        eval_auc=0.7,
+        feature_columns=["recency_days"],
+    )
+    start = dt.date(2011, 10, 1)
+    for k in range(30):  # 20 stable days with 5 customers a day, then 40 a day from day 20
+        day = start + dt.timedelta(days=k)
+        busy = k >= 20
+        customers = [f"{day.isoformat()}-{j}" for j in range(40 if busy else 5)]
+        write_partition(store, "validated", "events", day, pa.table({"customer_id": customers}))
+        scale = 2.0 if k >= 24 else 1.0  # features move four days after activity does
+        features = {
+            "customer_id": [str(j) for j in range(n)],
+            "recency_days": rng.gamma(2.0, 20.0, n) * scale,
+        }
+        write_partition(store, "offline", "customer_features", day, pa.table(features))
+    env = {
+        **os.environ,
+        "PROPENSITY_ZONE_ROOT": str(tmp_path / "zones"),
+        "PROPENSITY_TRAINING__MLFLOW_TRACKING_URI": "",
+    }
+    python = os.environ.get("PROPENSITY_DRIFT_PYTHON", ".venv-drift/bin/python")
+    args = ["2011-10-01", "2011-10-01", "2011-10-07", "2011-10-30", "--reference-version", "1"]
+    args += ["--stable", "2011-10-07", "2011-10-20"]
+    proc = subprocess.run(
+        [python, "-m", "propensity.drift", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    result = json.loads(proc.stdout)
+    assert result["reference"] == "model version 1"
+    assert result["stable"]["checks"] == 14 and result["stable"]["false_alarms"] == 0
+    assert result["shift"]["stable_band"] == {"min": 35, "max": 35}
+    assert result["shift"]["start"] == "2011-10-21"  # the first busy day lifts the trailing week
+    assert result["shift"]["first_alarm"] == "2011-10-25" and result["shift"]["delay_days"] == 4
