@@ -20,22 +20,28 @@ DAY = dt.datetime(2011, 3, 1, tzinfo=dt.UTC)
 HEADER = "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
 
 
-def test_landing_zone_on_s3_to_raw_zone_on_s3(s3_server, s3_bucket, make_settings):
+def _landing_on_s3(s3_server, s3_bucket, make_settings):
+    """An S3 client, one landed file ``a.csv`` for DAY, and settings reading that landing zone."""
     s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     s3.put_object(
         Bucket=s3_bucket,
         Key="landing/date=2011-03-01/a.csv",
         Body=HEADER + "1,A,2,2011-03-01 10:00:00,1.5,7,UK\n",
     )
-    s3.put_object(
-        Bucket=s3_bucket,
-        Key="landing/date=2011-03-01/b.csv",
-        Body=HEADER + "C2,B,-1,2011-03-01 11:00:00,4.0,8,FR\n",
-    )
     settings = make_settings(
         zone_root=f"s3://{s3_bucket}/zones",
         s3_endpoint_url=s3_server,
         source={"kind": "landing", "path": f"s3://{s3_bucket}/landing"},
+    )
+    return s3, settings
+
+
+def test_landing_zone_on_s3_to_raw_zone_on_s3(s3_server, s3_bucket, make_settings):
+    s3, settings = _landing_on_s3(s3_server, s3_bucket, make_settings)
+    s3.put_object(
+        Bucket=s3_bucket,
+        Key="landing/date=2011-03-01/b.csv",
+        Body=HEADER + "C2,B,-1,2011-03-01 11:00:00,4.0,8,FR\n",
     )
     result = collect(settings, DAY, DAY + dt.timedelta(days=1))
     assert result.uri == f"s3://{s3_bucket}/zones/raw/events/date=2011-03-01/part-0.parquet"
@@ -62,17 +68,7 @@ def test_landing_zone_on_s3_to_raw_zone_on_s3(s3_server, s3_bucket, make_setting
 def test_truncated_file_on_s3_fails_naming_it_and_keeps_the_partition(s3_server, s3_bucket, make_settings):
     import gzip
 
-    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-    s3.put_object(
-        Bucket=s3_bucket,
-        Key="landing/date=2011-03-01/a.csv",
-        Body=HEADER + "1,A,2,2011-03-01 10:00:00,1.5,7,UK\n",
-    )
-    settings = make_settings(
-        zone_root=f"s3://{s3_bucket}/zones",
-        s3_endpoint_url=s3_server,
-        source={"kind": "landing", "path": f"s3://{s3_bucket}/landing"},
-    )
+    s3, settings = _landing_on_s3(s3_server, s3_bucket, make_settings)
     collect(settings, DAY, DAY + dt.timedelta(days=1))
     key = "zones/raw/events/date=2011-03-01/part-0.parquet"
     before = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()

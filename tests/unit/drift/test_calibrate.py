@@ -13,6 +13,21 @@ import pyarrow as pa
 from propensity.storage import open_store, write_partition
 
 
+def _calibrate_cli(tmp_path, *args: str) -> dict:
+    """``python -m propensity.drift ARGS`` in the drift venv over ``tmp_path/zones``: its JSON."""
+    env = {**os.environ, "PROPENSITY_ZONE_ROOT": str(tmp_path / "zones")}
+    python = os.environ.get("PROPENSITY_DRIFT_PYTHON", ".venv-drift/bin/python")
+    proc = subprocess.run(
+        [python, "-m", "propensity.drift", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(proc.stdout)
+
+
 def test_calibrate_cli_over_snapshots(tmp_path) -> None:
     store = open_store(str(tmp_path / "zones"))
     rng = np.random.default_rng(0)
@@ -28,18 +43,7 @@ def test_calibrate_cli_over_snapshots(tmp_path) -> None:
             }
         )
         write_partition(store, "offline", "customer_features", day, table)
-    env = {**os.environ, "PROPENSITY_ZONE_ROOT": str(tmp_path / "zones")}
-    python = os.environ.get("PROPENSITY_DRIFT_PYTHON", ".venv-drift/bin/python")
-    args = ["2011-06-01", "2011-06-08", "2011-06-15", "2011-11-30"]
-    proc = subprocess.run(
-        [python, "-m", "propensity.drift", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    result = json.loads(proc.stdout)
+    result = _calibrate_cli(tmp_path, "2011-06-01", "2011-06-08", "2011-06-15", "2011-11-30")
     assert result["reference_dates"] == ["2011-06-01", "2011-06-08"]
     assert [(c["day"], c["alarm"]) for c in result["checks"]] == [("2011-06-15", False), ("2011-11-01", True)]
     assert result["checks"][1]["drifted_features"] == ["recency_days"]
@@ -86,23 +90,8 @@ def test_calibrate_cli_against_a_model_reference_with_a_stable_period(tmp_path) 
             "recency_days": rng.gamma(2.0, 20.0, n) * scale,
         }
         write_partition(store, "offline", "customer_features", day, pa.table(features))
-    env = {
-        **os.environ,
-        "PROPENSITY_ZONE_ROOT": str(tmp_path / "zones"),
-        "PROPENSITY_TRAINING__MLFLOW_TRACKING_URI": "",
-    }
-    python = os.environ.get("PROPENSITY_DRIFT_PYTHON", ".venv-drift/bin/python")
     args = ["2011-10-01", "2011-10-01", "2011-10-07", "2011-10-30", "--reference-version", "1"]
-    args += ["--stable", "2011-10-07", "2011-10-20"]
-    proc = subprocess.run(
-        [python, "-m", "propensity.drift", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    result = json.loads(proc.stdout)
+    result = _calibrate_cli(tmp_path, *args, "--stable", "2011-10-07", "2011-10-20")
     assert result["reference"] == "model version 1"
     assert result["stable"]["checks"] == 14 and result["stable"]["false_alarms"] == 0
     assert result["shift"]["stable_band"] == {"min": 35, "max": 35}
