@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 
 import numpy as np
 import pyarrow.dataset as ds
@@ -49,6 +50,7 @@ def post(client, body, key=KEY):
 def test_single_and_batch_scores_come_from_online_features_and_the_champion(env):
     settings, champion, source = env
     with TestClient(create_app(settings, feature_source=source)) as client:
+        assert gc.get_freeze_count() > 0  # startup's objects are out of the collector's way
         r = post(client, {"customer_id": "17850"})
         assert r.status_code == 200, r.text
         body = r.json()
