@@ -28,12 +28,12 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import xgboost as xgb
 
 from propensity.backends import InProcessBackend, model_file_parts, repository_store
 from propensity.collect import zone_store
@@ -44,13 +44,13 @@ from propensity.predictions_db import (
     PredictionsDBError,
     PredictionsDBUnavailable,
     StagedBatch,
-    day_summary,
     db_from_settings,
     discard_batch,
     migrate,
     open_batch,
     publish_day,
     stage_rows,
+    top_scores,
 )
 from propensity.storage import PART_FILE, list_partitions, partition_parts, read_partition
 from propensity.train import matrix
@@ -63,10 +63,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCORED_SCHEMA = "customer_id string, score double"
-STAGED_SCHEMA = "part int, rows long, input_s double, predict_s double, write_s double"
+_MIN_BLOCK_ROWS = 4096  # below this a thread hand-off costs more than it saves
+STAGED_SCHEMA = "part int, rows long, input_s double, predict_s double, write_s double, started double"
 STAGED_ARROW = pa.schema(
     [("part", pa.int32()), ("rows", pa.int64())]
-    + [(k, pa.float64()) for k in ("input_s", "predict_s", "write_s")]
+    + [(k, pa.float64()) for k in ("input_s", "predict_s", "write_s", "started")]
 )
 
 
@@ -160,8 +161,9 @@ def _check_columns(have: list[str], want: list[str], where: str) -> None:
 
 
 # -- executor side ---------------------------------------------------------------------------
-# sha256 -> (backend, booster), per Python worker process: Spark reuses workers, so a model loads once each.
-_BACKENDS: dict[str, tuple[InProcessBackend, xgb.Booster]] = {}
+# sha256 -> backend, per Python worker process: Spark reuses workers, so a model loads once each.
+_BACKENDS: dict[str, InProcessBackend] = {}
+_POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
 @dataclass(frozen=True)
@@ -175,21 +177,26 @@ class _Scorer:
     threads: int
 
     def backend(self) -> InProcessBackend:
-        loaded = _BACKENDS.get(self.sha)
-        if loaded is None:
+        backend = _BACKENDS.get(self.sha)
+        if backend is None:
             _BACKENDS.clear()  # one model per worker: a new champion evicts the old
-            booster = xgb.Booster()
-            booster.load_model(bytearray(self.model_bc.value))
-            loaded = _BACKENDS[self.sha] = (InProcessBackend(booster, self.version), booster)
+            backend = _BACKENDS[self.sha] = InProcessBackend.from_bytes(self.model_bc.value, self.version)
             log.info("loaded champion v%s (%s) in this worker", self.version, self.sha[:12])
-        backend, booster = loaded
-        # The API scores a few rows per call on one thread; a batch task owns its share of the cores.
-        booster.set_param({"nthread": self.threads})
         return backend
 
     def scores(self, backend: InProcessBackend, batch: pa.RecordBatch) -> np.ndarray:
-        """The API's predict on the training matrix: only the feature columns go through pandas."""
-        return backend.predict(matrix(batch.select(list(self.features)).to_pandas(), self.features))
+        """The API's predict on the training matrix (only the feature columns go through pandas).
+
+        A task with several cores predicts row blocks on as many threads, each one-threaded as
+        in the API (xgboost predicts thread-safely and frees the GIL): unlike xgboost's own
+        OpenMP threads, these do not stall at a barrier when other work holds a core.
+        """
+        x = matrix(batch.select(list(self.features)).to_pandas(), self.features)
+        if self.threads == 1 or len(x) < 2 * _MIN_BLOCK_ROWS:
+            return backend.predict(x)
+        pool = _POOLS.get(self.threads) or _POOLS.setdefault(self.threads, ThreadPoolExecutor(self.threads))
+        blocks = np.array_split(x, min(self.threads, len(x) // _MIN_BLOCK_ROWS))
+        return np.concatenate(list(pool.map(backend.predict, blocks)))
 
 
 def _score_batches(batches: Iterator[pa.RecordBatch], *, scorer: _Scorer) -> Iterator[pa.RecordBatch]:
@@ -226,9 +233,10 @@ def _score_and_stage(
     summary row (rows, and seconds spent waiting for input, predicting and writing)."""
     from pyspark import TaskContext
 
+    started = time.time()  # wall clock, compared with the driver's: when Python got going
     part = TaskContext.get().partitionId()
     backend = scorer.backend()
-    clock = {"input_s": 0.0, "predict_s": 0.0, "write_s": 0.0}
+    clock = {"input_s": 0.0, "predict_s": 0.0, "write_s": 0.0, "started": started}
 
     def scored() -> Iterator[pa.Table]:
         t0 = time.perf_counter()
@@ -263,8 +271,9 @@ def score_day(
 
     Returns ``rows``, ``model_version``, ``top`` (``[(customer_id, score)]``, best first, as
     read back from the table), where the inputs came from and ``timings`` (seconds: ``prepare``,
-    ``score_and_stage`` (the Spark job), ``publish``, ``summary``; and summed over the tasks,
-    ``input`` (waiting for Spark's Arrow batches), ``predict``, ``write``). ``run_id`` is
+    ``score_and_stage`` (the Spark job), ``publish``, ``summary``, ``task_start`` (from the job's
+    submission to its first task running Python); and summed over the tasks, ``input`` (waiting
+    for Spark's Arrow batches), ``predict``, ``write``). ``run_id`` is
     recorded on each row (the Airflow run id; default ``manual__<day>``). Raises
     :class:`NoChampionDeployed`, :class:`BatchInputError` or
     :class:`~propensity.predictions_db.PredictionsDBUnavailable`; on any failure the day's
@@ -312,7 +321,7 @@ def score_day(
             features = features.coalesce(slices)
         threads = max(1, spark.sparkContext.defaultParallelism // slices)
         open_batch(db, staged)
-        t1 = time.perf_counter()
+        t1, submitted = time.perf_counter(), time.time()
         stage = functools.partial(
             _score_and_stage, scorer=_scorer(spark, model, threads), db=db, staged=staged
         )
@@ -328,12 +337,14 @@ def score_day(
         raise _clear_error(exc, db) from exc
     finally:
         spark.conf.set(arrow_key, previous_batch_rows)
-    summary = day_summary(db, day, cfg.top_n)
+    top = top_scores(db, day, cfg.top_n)  # read back: what downstream readers now see
     timings = {
         "prepare": t1 - t0,
         "score_and_stage": t2 - t1,
         "publish": t3 - t2,
         "summary": time.perf_counter() - t3,
+        # Job submitted -> first task in Python: worker start-up and imports (a cold session's cost).
+        "task_start": min((float(r["started"]) for r in parts), default=submitted) - submitted,
         **{
             k.removesuffix("_s"): sum(float(r[k]) for r in parts) for k in ("input_s", "predict_s", "write_s")
         },
@@ -346,14 +357,14 @@ def score_day(
         "model_version": model.version,
         "run_id": staged.run_id,
         "database": db.safe_url,
-        "top": summary["top"],
+        "top": top,
         "tasks": len(parts),
         "threads_per_task": threads,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
     log.info(
         "predictions for %s: %d rows by v%s in %d task(s), top %s; seconds %s",
-        day, rows, model.version, len(parts), summary["top"][:3], result["timings"],
+        day, rows, model.version, len(parts), top[:3], result["timings"],
     )  # fmt: skip
     return result
 

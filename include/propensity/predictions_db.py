@@ -604,13 +604,23 @@ def day_summary(db: PredictionsDB, scored_for_date: dt.date, top_n: int = 10) ->
             (day,),
         )
         versions = {str(v): int(n) for v, n in cur.fetchall()}
-        cur.execute(
-            f"SELECT customer_id, score FROM {table} WHERE scored_for_date = {p} "
-            f"ORDER BY score DESC, customer_id LIMIT {int(top_n)}",
-            (day,),
-        )
-        top = [(str(c), float(s)) for c, s in cur.fetchall()]
+        top = _top(db, cur, scored_for_date, top_n)
     return {"rows": sum(versions.values()), "model_versions": versions, "top": top}
+
+
+def top_scores(db: PredictionsDB, scored_for_date: dt.date, top_n: int = 10) -> list[tuple[str, float]]:
+    """The day's ``top_n`` customers, best first (ties by customer id), as readers see them."""
+    with db.transaction() as cur:
+        return _top(db, cur, scored_for_date, top_n)
+
+
+def _top(db: PredictionsDB, cur: Any, scored_for_date: dt.date, top_n: int) -> list[tuple[str, float]]:
+    cur.execute(
+        f"SELECT customer_id, score FROM {db.table(TABLE)} WHERE scored_for_date = {db.param} "
+        f"ORDER BY score DESC, customer_id LIMIT {int(top_n)}",
+        (scored_for_date.isoformat(),),
+    )
+    return [(str(c), float(s)) for c, s in cur.fetchall()]
 
 
 def read_day(db: PredictionsDB, scored_for_date: dt.date) -> pd.DataFrame:

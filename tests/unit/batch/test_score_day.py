@@ -125,3 +125,17 @@ def test_days_to_score_param_then_asset_events_then_logical_date():
     assert days_to_score(None, [], logical) == [dt.date(2011, 12, 6)]  # its UTC day
     with pytest.raises(ValueError, match="needs a day"):
         days_to_score(None, [], None)
+
+
+def test_a_task_with_several_cores_scores_row_blocks_bit_identically(champion):
+    from propensity.backends import InProcessBackend
+    from propensity.batch import _Scorer
+
+    class Broadcast:  # what sc.broadcast gives a task
+        value = bytes(champion.save_raw("json"))
+
+    batch = synthetic_snapshot(20_000, DAY).to_batches()[0]
+    scorers = [_Scorer(Broadcast(), f"sha{n}", "1", MODEL_FEATURES, threads=n) for n in (1, 3)]
+    one, three = (s.scores(s.backend(), batch) for s in scorers)
+    api = InProcessBackend.from_bytes(Broadcast.value, "1").predict(matrix(batch.to_pandas(), MODEL_FEATURES))
+    assert one.tobytes() == three.tobytes() == api.tobytes()
