@@ -14,8 +14,10 @@ are parsed only as far as the status line, Content-Length and Server-Timing, so 
 costs the two shared cores far less than http.client threads did (those also queued answers
 behind the GIL, inflating every latency they measured). Each concurrency level runs
 ``--rounds`` times, alternating ours and the peer; the figures pool every round's requests
-(p50/p99 over all of them, throughput = requests / time). The load average is printed with them:
-other work on the machine shows up in the p99 first.
+(p50/p99 over all of them, throughput = requests / time). The client's garbage collector is off
+while it measures (this process holds MLflow, Feast and pandas: a full collection would stall
+every request in flight). The load average and the CPU pressure (Linux PSI) are printed with the
+figures: other work on the machine shows up in the p99 first.
 
 The time split of one request comes from the API's Server-Timing header (feature lookup and
 model, per batch of requests scored together; queue = waiting for that batch to start) and the
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import http.client
 import json
 import os
@@ -199,7 +202,14 @@ def load(port: int, requests: list[bytes], concurrency: int) -> dict:
         run = uvloop.run
     except ImportError:  # the stdlib loop: slower, the same for both servers
         run = asyncio.run
-    return run(_closed_loop(port, requests, concurrency))
+    # This process holds MLflow, Feast and pandas: a full collection here would stall every
+    # request in flight for a hundred milliseconds or more and be counted as the server's latency.
+    gc.collect()
+    gc.disable()
+    try:
+        return run(_closed_loop(port, requests, concurrency))
+    finally:
+        gc.enable()
 
 
 def pooled(rounds: list[dict]) -> dict:
@@ -214,6 +224,15 @@ def pooled(rounds: list[dict]) -> dict:
         "timings": [t for r in rounds for t in r["timings"]],
         "rounds_p99": [float(np.percentile(r["lat"], 99)) for r in rounds],
     }
+
+
+def cpu_pressure() -> float | None:
+    """Linux PSI: % of the last 10 s in which some runnable task waited for a CPU (None: no PSI)."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return None
+    return float(dict(kv.split("=") for kv in line.split()[1:])["avg10"])
 
 
 def batch_counts(port: int) -> tuple[float, float]:
@@ -232,7 +251,15 @@ def split_of(result: dict) -> dict[str, float]:
     m = statistics.median(float(p["model"]) for p in parts)
     q = statistics.median(float(p.get("queue", 0.0)) for p in parts)
     total = statistics.median(result["lat"])
-    return {"features": f, "model": m, "queue": q, "framework": total - f - m - q, "total": total}
+    inside = [float(p["features"]) + float(p["model"]) + float(p.get("queue", 0.0)) for p in parts]
+    return {
+        "features": f,
+        "model": m,
+        "queue": q,
+        "framework": total - f - m - q,
+        "total": total,
+        "inside_p99": float(np.percentile(inside, 99)),
+    }
 
 
 def main() -> int:
@@ -317,6 +344,7 @@ def main() -> int:
     results: dict[str, dict[int, dict]] = {"ours": {}, "peer": {}}
     batching: dict[int, float] = {}
     load_avg = [os.getloadavg()]
+    pressure = [cpu_pressure()]
     try:
         api = subprocess.Popen(
             [PY, "-m", "propensity.serve"],
@@ -374,6 +402,7 @@ def main() -> int:
             batching[c] = (after[1] - before[1]) / max(after[0] - before[0], 1)
             results["ours"][c], results["peer"][c] = pooled(ours_rounds), pooled(peer_rounds)
             load_avg.append(os.getloadavg())
+            pressure.append(cpu_pressure())
     finally:
         stop(api)
         stop(peer)
@@ -393,8 +422,13 @@ def main() -> int:
     print(
         "load average (1/5/15 min) before, after c=1, after c=8: "
         + "; ".join("/".join(f"{x:.2f}" for x in la) for la in load_avg)
-        + "\n"
     )
+    if pressure[0] is not None:
+        print(
+            "CPU pressure (share of the last 10 s in which some task waited for a core) before, "
+            "after c=1, after c=8: " + "; ".join(f"{x:.0f}%" for x in pressure if x is not None)
+        )
+    print()
     print(f"{'server':<8}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}   p99 per round")
     for who in ("ours", "peer"):
         for c in (1, 8):
@@ -406,7 +440,8 @@ def main() -> int:
         print(
             f"\nours at concurrency {c} (medians): feature lookup {s['features']:.2f} ms and model "
             f"{s['model']:.2f} ms per batch of {batching[c]:.1f} requests on average, waiting for the "
-            f"batch {s['queue']:.2f} ms, framework + HTTP {s['framework']:.2f} ms, total {s['total']:.2f} ms"
+            f"batch {s['queue']:.2f} ms, framework + HTTP {s['framework']:.2f} ms, total {s['total']:.2f} ms; "
+            f"p99 of queue + lookup + model {s['inside_p99']:.2f} ms"
         )
     o8, p8 = results["ours"][8], results["peer"][8]
     lines = [
