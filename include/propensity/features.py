@@ -149,13 +149,32 @@ def orders(events: DataFrame) -> DataFrame:
     """
     from pyspark.sql.window import Window
 
-    per_order = events.groupBy("customer_id", "order_id", "is_return").agg(
+    # Country is a grouping key of the line-level pass, not an aggregate: a string max would
+    # make Spark sort every line (no hash aggregation over string buffers), while as a key it
+    # hashes, and the string max runs over the few rows left per order.
+    parts = events.groupBy("customer_id", "order_id", "is_return", "country").agg(
         F.min("event_time").alias("order_time"),
-        F.abs(F.sum(F.col("amount").cast(_MONEY))).alias("value"),
-        F.max("country").alias("country"),
+        F.sum(F.col("amount").cast(_MONEY)).alias("value"),
+    )
+    money = parts.schema["value"].dataType.simpleString()
+    # One shuffle by customer serves every later step: orders, gaps and the per-snapshot
+    # aggregation are all per customer, so Spark adds no exchange after this one.
+    per_order = (
+        parts.repartition("customer_id")
+        .groupBy("customer_id", "order_id", "is_return")
+        .agg(
+            F.min("order_time").alias("order_time"),
+            # The sum of per-country sums, in the type a single sum has: the same exact value.
+            F.abs(F.sum("value").cast(money)).alias("value"),
+            F.max("country").alias("country"),
+        )
     )
     by_customer = Window.partitionBy("customer_id", "is_return").orderBy("order_time", "order_id")
     return per_order.withColumn("prev_time", F.lag("order_time").over(by_customer))
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC)
 
 
 def _in_window(age_s: Column, days: int, after_days: int = 0) -> Column:
@@ -211,11 +230,19 @@ def customer_features(
         seen.groupBy("customer_id", "as_of", "as_of_ts").agg(*aggs).where(F.col(f"orders_{ACTIVE_DAYS}d") > 0)
     )
 
-    items = (
-        lines.where(~F.col("is_return") & F.col("item_id").isNotNull())
-        .select("customer_id", "item_id", F.to_date("event_time").alias("day"))
-        .distinct()
+    # Only lines inside some snapshot's 90-day window (a third of a year's lines for one date):
+    # the time range is pushed down to the Parquet reader, which skips the row groups (here
+    # whole daily files) whose statistics lie outside it.
+    first, last = min(as_of_dates), max(as_of_dates)
+    recent = (F.col("event_time") >= _midnight(first - dt.timedelta(days=90))) & (
+        F.col("event_time") < _midnight(last)
     )
+    items = lines.where(~F.col("is_return") & F.col("item_id").isNotNull() & recent).select(
+        "customer_id", "item_id", F.to_date("event_time").alias("day")
+    )
+    # No distinct (customer, item, day) first: most lines are distinct anyway, so that extra
+    # shuffle of nearly every line cost more than it saved; the count's own partial
+    # aggregation removes the duplicates.
     items = (
         items.join(dates, (items.day < dates.as_of) & (items.day >= F.date_sub(dates.as_of, 90)))
         .groupBy("customer_id", "as_of")
