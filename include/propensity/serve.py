@@ -384,15 +384,16 @@ PREDICT_REQUEST_BODY = {
 
 
 def parse_predict_request(raw: bytes, content_type: str | None) -> PredictRequest:
-    """The body as ``PredictRequest``, or the RequestValidationError FastAPI would raise for it."""
+    """The body as ``PredictRequest``, or a RequestValidationError shaped as FastAPI's (loc starts with "body")."""
     if not raw:
         raise RequestValidationError(
             [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
         )
+    if not _is_json(content_type):
+        msg = f"expected a JSON object with content-type application/json, got {content_type or 'none'}"
+        raise RequestValidationError([{"type": "model_type", "loc": ("body",), "msg": msg, "input": None}])
     try:
-        if _is_json(content_type):
-            return PredictRequest.model_validate_json(raw)
-        return PredictRequest.model_validate(raw)  # not JSON: fails as FastAPI's bytes body does
+        return PredictRequest.model_validate_json(raw)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]

@@ -77,6 +77,8 @@ def test_bad_input_gets_a_clear_4xx(env):
             headers={"X-API-Key": KEY, "content-type": "application/json"},
         )
         assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+        r = client.post("/predict", content=b'{"customer_id": "17850"}', headers={"X-API-Key": KEY})
+        assert r.status_code == 422 and "content-type application/json" in r.json()["detail"][0]["msg"]
         r = post(client, {"customer_id": 17850})
         assert r.status_code == 422
         assert r.json()["detail"][0]["loc"] == ["body", "customer_id"]
@@ -89,7 +91,7 @@ def test_bad_input_gets_a_clear_4xx(env):
         assert r.status_code == 413
         assert r.json()["detail"] == "batch of 101 customer ids exceeds the limit of 100"
         metrics = client.get("/metrics").text
-        assert 'propensity_api_errors_total{kind="invalid_request"} 4.0' in metrics
+        assert 'propensity_api_errors_total{kind="invalid_request"} 5.0' in metrics
         assert 'propensity_api_errors_total{kind="batch_too_large"} 1.0' in metrics
 
 
