@@ -8,8 +8,11 @@ synthetic scale-up of it (every event replicated with shifted customer and order
 each: the snapshot as of the day after the last one through ``compute_features`` (the job a DAG
 run executes, the same code as on a cluster), against the same features written as one DuckDB
 query over the same Parquet files. JVM + SparkSession start is timed on its own; the first
-Spark job in a fresh JVM (what each DAG run pays) and a second, warm one are both shown. The
-peer's values are checked against Spark's on a sample of customers before any figure is printed.
+Spark job in a fresh JVM (what each DAG run pays) and a second, warm one are both shown, with the
+load average at each (the host may be shared: compare figures of one run only). The scale-up also
+runs in a JVM with the full tiered JIT, to show the trade-off of the session's client-compiler
+default. The peer's values are checked against Spark's on a sample of customers before any figure
+is printed.
 """
 
 from __future__ import annotations
@@ -215,10 +218,14 @@ def check_peer(ours: pa.Table, peer: pa.Table, sample: int = 500) -> str:
     return f"peer == spark on {len(ids)} sampled customers x {len(MODEL_FEATURES) + 1} columns"
 
 
-def run_one(settings: Settings, as_of: dt.date, threads: int) -> dict:
-    """In a fresh process: JVM start, the job twice (first = what a DAG run pays, then warm), the peer."""
+def run_one(settings: Settings, as_of: dt.date, threads: int, jit: str) -> dict:
+    """In a fresh process: JVM start, the job twice (first = what a DAG run pays, then warm), the peer.
+
+    ``jit``: ``quick`` (the session's default, client compiler only) or ``full`` (tiered, the
+    JVM's default). Each figure carries the 1-minute load average before and after it.
+    """
     from propensity.features import compute_features, read_snapshot
-    from propensity.spark import spark_session
+    from propensity.spark import QUICK_JIT, spark_session
 
     t0 = time.perf_counter()
     spark = spark_session(
@@ -226,18 +233,21 @@ def run_one(settings: Settings, as_of: dt.date, threads: int) -> dict:
         "propensity-features",
         settings.spark.shuffle_partitions,
         settings.spark.driver_memory,
+        java_options=QUICK_JIT if jit == "quick" else "",
     )
     spark.sparkContext.setLogLevel("ERROR")
-    out = {"jvm_start": time.perf_counter() - t0}
+    out = {"jvm_start": time.perf_counter() - t0, "load_start": os.getloadavg()[0]}
     for run in ("first", "warm"):
         t0 = time.perf_counter()
         compute_features(settings, [as_of])
         out[f"spark_{run}"] = time.perf_counter() - t0
+        out[f"load_{run}"] = os.getloadavg()[0]
     ours = read_snapshot(settings, as_of)
     peer_runs = []
     for _ in range(2):
         peer, seconds = peer_features(settings, [as_of], threads)
         peer_runs.append(seconds)
+    out["load_peer"] = os.getloadavg()[0]
     store = zone_store(settings)
     out |= {
         "peer_runs": peer_runs,
@@ -262,11 +272,12 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/bench-features")
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: one zone, JSON out
+    parser.add_argument("--jit", default="quick", help=argparse.SUPPRESS)
     args = parser.parse_args()
     threads = int(args.master[len("local[") : -1]) if args.master.startswith("local[") else os.cpu_count()
     as_of = LAST + dt.timedelta(days=1)
     if args.one:
-        print("RESULT " + json.dumps(run_one(settings_for(args.one, args.master), as_of, threads)))
+        print("RESULT " + json.dumps(run_one(settings_for(args.one, args.master), as_of, threads, args.jit)))
         return
 
     import duckdb
@@ -283,11 +294,18 @@ def main() -> None:
         f"{os.cpu_count()} cores, python {platform.python_version()}; snapshot as of {as_of}, "
         f"{real.features.history_days} days of history"
     )
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
     results = {}
-    for label, workdir in (("real year", args.workdir), (f"{args.scale}x scale-up", scaled_dir)):
+    scaled = f"{args.scale}x scale-up"
+    runs = (
+        ("real year", args.workdir, "quick"),
+        (scaled, scaled_dir, "quick"),
+        (f"{scaled}, full JIT", scaled_dir, "full"),
+    )
+    for label, workdir, jit in runs:
         # A process per zone: each Spark figure is the first job of a fresh JVM, as in a DAG run.
         child = subprocess.run(
-            [sys.executable, __file__, "--master", args.master, "--one", workdir],
+            [sys.executable, __file__, "--master", args.master, "--one", workdir, "--jit", jit],
             capture_output=True,
             text=True,
             check=False,
@@ -298,16 +316,22 @@ def main() -> None:
         r = results[label] = json.loads(lines[-1][len("RESULT ") :])
         print(
             f"{label}: {r['events']:,} events -> {r['customers']:,} customers\n"
-            f"  JVM + SparkSession start {r['jvm_start']:.1f} s (not in the figures)\n"
-            f"  spark: first job {r['spark_first']:.1f} s, warm {r['spark_warm']:.1f} s\n"
-            f"  duckdb: {r['peer']:.2f} s (runs {', '.join(f'{t:.2f}' for t in r['peer_runs'])})\n"
+            f"  JVM + SparkSession start {r['jvm_start']:.1f} s (not in the figures; load {r['load_start']:.1f})\n"
+            f"  spark: first job {r['spark_first']:.1f} s (load {r['load_first']:.1f}), "
+            f"warm {r['spark_warm']:.1f} s (load {r['load_warm']:.1f})\n"
+            f"  duckdb: {r['peer']:.2f} s (runs {', '.join(f'{t:.2f}' for t in r['peer_runs'])}; "
+            f"load {r['load_peer']:.1f})\n"
             f"  correctness guard: {r['guard']}"
         )
     # Warm figures first; the last line is the issue's figure: 5M rows, what a DAG run pays.
+    # The full-JIT run (not what the DAG runs) shows the JIT trade-off of propensity.spark.
+    order = [f"{scaled}, full JIT", "real year", scaled]
     for run, words in (("spark_warm", "warm JVM"), ("spark_first", "first job of a fresh JVM")):
-        for label, r in results.items():
+        for label in order:
+            r = results[label]
             size = "real year" if label == "real year" else f"{r['events'] / 1e6:.1f}M rows"
-            print(features_bench_line(f"features {size}, one snapshot, {words}", r[run], r["peer"]))
+            jit = ", full JIT" if label.endswith("full JIT") else ""
+            print(features_bench_line(f"features {size}, one snapshot, {words}{jit}", r[run], r["peer"]))
 
 
 if __name__ == "__main__":
