@@ -62,9 +62,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCORED_SCHEMA = "customer_id string, score double"
 _MIN_BLOCK_ROWS = 4096  # below this a thread hand-off costs more than it saves
-STAGED_SCHEMA = "part int, rows long, input_s double, predict_s double, write_s double, started double"
+# What each task reports back: its partition, rows written and where its time went.
 STAGED_ARROW = pa.schema(
     [("part", pa.int32()), ("rows", pa.int64())]
     + [(k, pa.float64()) for k in ("input_s", "predict_s", "write_s", "started")]
@@ -199,20 +198,6 @@ class _Scorer:
         return np.concatenate(list(pool.map(backend.predict, blocks)))
 
 
-def _score_batches(batches: Iterator[pa.RecordBatch], *, scorer: _Scorer) -> Iterator[pa.RecordBatch]:
-    backend = scorer.backend()
-    for batch in batches:
-        yield pa.record_batch({ENTITY_KEY: batch.column(ENTITY_KEY), "score": scorer.scores(backend, batch)})
-
-
-def score_frame(features: DataFrame, model: ChampionModel, threads: int = 1) -> DataFrame:
-    """``customer_id, score`` for every row of ``features`` (pure: nothing is written)."""
-    return features.mapInArrow(
-        functools.partial(_score_batches, scorer=_scorer(features.sparkSession, model, threads)),
-        SCORED_SCHEMA,
-    )
-
-
 def _scorer(spark: SparkSession, model: ChampionModel, threads: int) -> _Scorer:
     model_bc = spark.sparkContext.broadcast(model.model_bytes)
     return _Scorer(model_bc, model.sha256, model.version, model.feature_names, threads)
@@ -279,6 +264,8 @@ def score_day(
     :class:`~propensity.predictions_db.PredictionsDBUnavailable`; on any failure the day's
     previous rows are left as they were.
     """
+    from pyspark.sql.pandas.types import from_arrow_schema
+
     cfg = settings.batch
     t0 = time.perf_counter()
     model = deployed_champion(settings)
@@ -309,7 +296,6 @@ def score_day(
     arrow_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     previous_batch_rows = spark.conf.get(arrow_key)
     spark.conf.set(arrow_key, str(cfg.arrow_batch_rows))
-    timings: dict[str, float] = {}
     try:
         features, expected, slices = read_features(spark, settings, feature_date, model.feature_names)
         if cfg.partitions and slices < cfg.partitions:
@@ -325,7 +311,7 @@ def score_day(
         stage = functools.partial(
             _score_and_stage, scorer=_scorer(spark, model, threads), db=db, staged=staged
         )
-        parts = features.mapInArrow(stage, STAGED_SCHEMA).collect()
+        parts = features.mapInArrow(stage, from_arrow_schema(STAGED_ARROW)).collect()
         t2 = time.perf_counter()
         rows = sum(int(r["rows"]) for r in parts)
         if rows != expected:

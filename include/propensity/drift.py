@@ -463,15 +463,19 @@ def calibrate(
     policy = settings.drift
     params = policy.model_dump()
 
+    columns: list[str] | None = None  # the model's monitored features, as the drift DAG picks them
+
     def features_of(table: pa.Table) -> dict[str, np.ndarray]:
+        names = columns if columns is not None else [c for c in table.column_names if c not in NON_FEATURES]
         return {
             c: table.column(c).to_numpy(zero_copy_only=False)
-            for c in table.column_names
-            if c not in NON_FEATURES and c not in policy.exclude_features and c not in ("score", "label")
+            for c in names
+            if c in table.column_names and c not in policy.exclude_features
         }
 
     if reference_version is not None:
-        table, _ = read_reference(store, model_name(settings), reference_version)
+        table, meta = read_reference(store, model_name(settings), reference_version)
+        columns = list(meta["feature_columns"])
         reference = features_of(table)
     else:
         reference = features_of(

@@ -543,25 +543,36 @@ class MicroBatcher:
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
+        jobs: list[_Job] = []
         try:
             while self._pending:
                 jobs = self._next_batch()
                 try:
                     outcomes = await loop.run_in_executor(self._thread, self.run, jobs)
+                    if len(outcomes) != len(jobs):
+                        raise RuntimeError(f"{len(outcomes)} outcomes for a batch of {len(jobs)} requests")
                 except Exception as exc:  # a bug, not a known fault: every request of the batch fails
                     log.exception("batch of %d requests failed", len(jobs))
-                    for job in jobs:
-                        if job.future is not None and not job.future.done():
-                            job.future.set_exception(exc)
+                    _fail(jobs, exc)
                     continue
                 for job, outcome in zip(jobs, outcomes, strict=True):
                     if job.future is not None and not job.future.done():  # done: the client went away
                         job.future.set_result(outcome)
         finally:
             self._task = None
+            # Stopped early (cancelled at shutdown, or a bug above): no request may wait forever.
+            _fail([*jobs, *self._pending], RuntimeError("the request batcher stopped"))
+            self._pending.clear()
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
+
+
+def _fail(jobs: Sequence[_Job], exc: BaseException) -> None:
+    """Fail every job still waiting for its answer."""
+    for job in jobs:
+        if job.future is not None and not job.future.done():
+            job.future.set_exception(exc)
 
 
 # -- the fast path ------------------------------------------------------------------------
@@ -689,23 +700,24 @@ def create_app(
                 fallback.append(InProcessBackend.from_repository(settings, models.champion.version))
             return fallback[0].predict(x), fallback[0], True
 
-    def _after_response(batches: list[tuple[LogRows, np.ndarray]]) -> None:
+    def _after_response(batches: list[LogRows]) -> None:
         """Shadow scores for every queued batch in one model call, then the log."""
+        rows_queued = sum(len(rows) for rows in batches)  # the counters count customers, not batches
         if models.shadow is not None:
             try:
-                scores = models.shadow.predict(np.concatenate([x for _, x in batches]))
-                metrics.shadow.labels("scored").inc(len(batches))
+                scores = models.shadow.predict(np.concatenate([rows.features for rows in batches]))
+                metrics.shadow.labels("scored").inc(rows_queued)
             except Exception as exc:
                 scores = None
-                metrics.shadow.labels("failed").inc(len(batches))
+                metrics.shadow.labels("failed").inc(rows_queued)
                 log.warning("shadow v%s failed: %s", models.shadow.version, exc)
             start = 0
-            for rows, _ in batches:
+            for rows in batches:
                 if scores is not None:
                     rows.columns["shadow_version"] = [models.shadow.version] * len(rows)
                     rows.columns["shadow_score"] = np.asarray(scores[start : start + len(rows)], np.float64)
                 start += len(rows)
-        for rows, _ in batches:
+        for rows in batches:
             plog.append(rows)
             metrics.logged.inc(len(rows))
 
@@ -787,8 +799,8 @@ def create_app(
             )
             if not served.all():
                 logged = logged.select(served)
-            if not background.submit((logged, logged.features)):
-                metrics.shadow.labels("dropped").inc()
+            if not background.submit(logged):
+                metrics.shadow.labels("dropped").inc(len(logged))
                 plog.append(logged)
         return outcomes
 
@@ -858,6 +870,9 @@ def create_app(
         except HTTPException as exc:
             status = str(exc.status_code)
             return JSONResponse({"detail": exc.detail}, exc.status_code)
+        except Exception:  # answered 500 by Starlette's error middleware: counted as such
+            status = "500"
+            raise
         finally:
             (ok_requests if status == "200" else metrics.requests.labels("predict", status)).inc()
             latency.observe(time.perf_counter() - t0)
