@@ -56,6 +56,7 @@ COLUMNS = ("customer_id", "score", "model_name", "model_version", "feature_date"
 STAGING_COLUMNS = (*COLUMNS, "batch_id", "part")
 SCORED = ("customer_id", "score")  # what a partition stages; the rest are the batch's constants
 STAGE_PREFIX, STAGE_PARTS = f"{TABLE}_stage_", f"{TABLE}_stage_parts"  # Postgres
+SWAP_LOCK_TIMEOUT_S = 30  # the longest a day's swap waits for readers of the table
 # Serializes migrations (and publishes of one day) across processes on Postgres.
 _MIGRATION_LOCK = 0x70726564  # "pred"
 
@@ -408,6 +409,18 @@ def stage_rows(db: PredictionsDB, batch: StagedBatch, part: int, rows: Scored | 
 
 
 def _copy_rows(db: PredictionsDB, batch: StagedBatch, part: int, tables: Iterable[Scored]) -> int:
+    from psycopg.errors import UndefinedTable
+
+    try:
+        return _copy_rows_once(db, batch, part, tables)
+    except UndefinedTable as exc:
+        raise PredictionsDBError(
+            f"staging table {_stage_table(batch)} of batch {batch.batch_id} is gone: another attempt at "
+            f"{batch.scored_for_date} published and swept it; this attempt's rows were not kept"
+        ) from exc
+
+
+def _copy_rows_once(db: PredictionsDB, batch: StagedBatch, part: int, tables: Iterable[Scored]) -> int:
     stage, ledger, n = db.table(_stage_table(batch)), db.table(STAGE_PARTS), 0
     with db.transaction() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{batch.batch_id}:{part}",))
@@ -484,6 +497,11 @@ def publish_day(
     except PredictionsDBError:
         raise
     except Exception as exc:
+        if _is_lock_timeout(exc):
+            raise PredictionsDBError(
+                f"publishing {day} waited {SWAP_LOCK_TIMEOUT_S} s for readers of {db.table(TABLE)} and gave up "
+                f"(lock timeout): the day's previous rows are intact, retry the task"
+            ) from exc
         if _is_connection_error(exc):
             raise PredictionsDBUnavailable(
                 f"predictions database {db.safe_url} went away while publishing {day}: {exc}; "
@@ -535,6 +553,10 @@ def _swap_partition(db: PredictionsDB, cur: Any, batch: StagedBatch, expected: i
     stage, old = db.table(name), db.table(part_name)
     # Two publishes of one day queue here rather than interleave their swaps.
     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{TABLE}:{day.isoformat()}",))
+    # Dropping the old partition locks the whole table until commit, and readers queue behind a
+    # waiting swap: a long query on any day must not stall every reader. Past the bound the
+    # publish fails (the day's rows intact) and the task's retry tries again.
+    cur.execute(f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT_S}s'")
     cur.execute("SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL", (stage, old))
     have_stage, have_old = cur.fetchone()
     if not have_stage:
@@ -584,6 +606,15 @@ def _sweep_stage_tables(db: PredictionsDB, day: dt.date) -> None:
                 )
     except Exception as exc:
         log.warning("could not sweep the staging tables of %s: %s", day, exc)
+
+
+def _is_lock_timeout(exc: BaseException) -> bool:
+    """Postgres gave up waiting for a lock (``lock_timeout``): an OperationalError, but no outage."""
+    try:
+        from psycopg.errors import LockNotAvailable
+    except ImportError:  # pragma: no cover - psycopg is a pinned dependency
+        return False
+    return isinstance(exc, LockNotAvailable)
 
 
 def _is_connection_error(exc: BaseException) -> bool:

@@ -221,3 +221,42 @@ def test_a_version_2_database_is_partitioned_by_day_keeping_its_rows(schema):
     assert publish_day(db, staged, 2) == 2
     assert read_day(db, DAY)["customer_id"].tolist() == ["a", "b"]
     assert len(read_day(db, DAY - dt.timedelta(days=1))) == 10  # the other day untouched
+
+
+def test_an_attempt_whose_staging_table_was_swept_fails_saying_so(schema):
+    db = PredictionsDB(PG, schema)
+    migrate(db)
+    late, winner = (StagedBatch(b, "propensity", "1", DAY, DAY, "r") for b in ("0000aaaa", "0000bbbb"))
+    open_batch(db, late)
+    open_batch(db, winner)
+    stage_rows(db, winner, 0, pd.DataFrame({"customer_id": ["a"], "score": [0.5]}))
+    assert publish_day(db, winner, 1) == 1  # the winner's publish sweeps the day's other staging tables
+    with pytest.raises(PredictionsDBError, match="staging table .* is gone: another attempt at .* swept it"):
+        stage_rows(db, late, 0, pd.DataFrame({"customer_id": ["b"], "score": [0.25]}))
+    assert read_day(db, DAY)["customer_id"].tolist() == ["a"]
+
+
+def test_a_swap_waits_for_a_long_reader_only_so_long_and_keeps_the_day(schema, monkeypatch):
+    import propensity.predictions_db as pdb
+
+    monkeypatch.setattr(pdb, "SWAP_LOCK_TIMEOUT_S", 1)
+    db = PredictionsDB(PG, schema)
+    migrate(db)
+    first, second = (
+        StagedBatch(b, "propensity", v, DAY, DAY, "r") for b, v in (("000000c1", "1"), ("000000c2", "2"))
+    )
+    for batch in (first, second):  # one after the other: a publish sweeps the day's other staging tables
+        open_batch(db, batch)
+        stage_rows(db, batch, 0, pd.DataFrame({"customer_id": ["a", "b"], "score": [0.5, 0.25]}))
+        if batch is first:
+            publish_day(db, first, 2)
+    with psycopg.connect(PG) as reader:  # a long query holding the table open
+        reader.execute(f"SELECT count(*) FROM {schema}.predictions").fetchone()
+        with pytest.raises(
+            PredictionsDBError,
+            match=r"waited 1 s for readers .* \(lock timeout\): the day's previous rows are intact",
+        ):
+            publish_day(db, second, 2)
+    assert reader_view(schema) == (2, {"1"})  # the day as the first publish left it
+    publish_day(db, second, 2)  # the retry, once the reader is gone
+    assert reader_view(schema) == (2, {"2"})
