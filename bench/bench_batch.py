@@ -157,7 +157,7 @@ def main() -> int:
     print(
         f"inside the Spark job, summed over {result['tasks']} task(s) x {result['threads_per_task']} predict "
         f"thread(s) (s): job submitted -> first task in Python (worker start-up, imports) {t['task_start']:.2f} "
-        f"| waiting for Arrow input (read + JVM->Python) {t['input']:.2f} | predict {t['predict']:.2f} "
+        f"| reading the snapshot slices (pyarrow) {t['read']:.2f} | predict {t['predict']:.2f} "
         f"| CSV + COPY + commit {t['write']:.2f}; spark.python.worker.reuse: {reuse}"
     )
     print(

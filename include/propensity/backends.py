@@ -69,6 +69,13 @@ def to_feature_matrix(features: np.ndarray | Any) -> np.ndarray:
     return arr
 
 
+def matrix(frame: Any, features: tuple[str, ...]) -> np.ndarray:
+    """The model input from a pandas frame: float32 in feature order, NaN for missing (XGBoost
+    and FIL both read NaN as missing). Training, the API's checks and batch scoring all build
+    their inputs with it, so they see identical numbers."""
+    return frame.loc[:, list(features)].to_numpy(dtype=np.float32, na_value=np.nan)
+
+
 class InProcessBackend:
     """The model file loaded with xgboost in this process (the embedded default)."""
 

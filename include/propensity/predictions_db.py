@@ -166,6 +166,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        4,
+        "Postgres: the model-version index is BRIN (a day partition holds one model version)",
+        sqlite=(),
+        # Every row of a day partition shares model_version and scored_for_date: a B-tree over
+        # that one key cost a third of each publish (0.27 s per 1 M rows) to build. A BRIN index
+        # answers "which rows did version X score" as well (each partition's block ranges carry
+        # its one version, so other days are skipped) and builds in one pass without sorting.
+        postgres=(
+            f"DROP INDEX {{schema}}{TABLE}_model",
+            f"CREATE INDEX {TABLE}_model ON {{schema}}{TABLE} USING brin (model_version, scored_for_date)",
+        ),
+    ),
 )
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -566,11 +579,12 @@ def _swap_partition(db: PredictionsDB, cur: Any, batch: StagedBatch, expected: i
     if staged != expected:
         raise _short_batch(batch, staged, expected)
     # Off the lock readers wait on: the constants stop being defaults, ``part`` goes (a catalog
-    # change, no rewrite), the indexes are built by sorting once (a duplicate fails here).
+    # change, no rewrite), the key is indexed by sorting once (a duplicate fails here).
     defaults = ", ".join(f"ALTER COLUMN {c} DROP DEFAULT" for c in COLUMNS[2:])
     cur.execute(f"ALTER TABLE {stage} DROP COLUMN part, {defaults}")
     cur.execute(f"ALTER TABLE {stage} ADD CONSTRAINT {name}_pkey PRIMARY KEY (scored_for_date, customer_id)")
-    cur.execute(f"CREATE INDEX {name}_model ON {stage} (model_version, scored_for_date)")
+    # As the parent's (migration 4), so ATTACH adopts it instead of building another.
+    cur.execute(f"CREATE INDEX {name}_model ON {stage} USING brin (model_version, scored_for_date)")
     replaced = 0
     if have_old:
         cur.execute(f"SELECT count(*) FROM {old}")
@@ -639,17 +653,37 @@ def day_summary(db: PredictionsDB, scored_for_date: dt.date, top_n: int = 10) ->
     return {"rows": sum(versions.values()), "model_versions": versions, "top": top}
 
 
-def top_scores(db: PredictionsDB, scored_for_date: dt.date, top_n: int = 10) -> list[tuple[str, float]]:
-    """The day's ``top_n`` customers, best first (ties by customer id), as readers see them."""
+_MAX_CANDIDATES = 900  # ids bound into one query (SQLite allows 999 parameters)
+
+
+def top_scores(
+    db: PredictionsDB, scored_for_date: dt.date, top_n: int = 10, *, among: list[str] | None = None
+) -> list[tuple[str, float]]:
+    """The day's ``top_n`` customers, best first (ties by customer id), as readers see them.
+
+    ``among``: customer ids known to hold every row of the top (e.g. each writer's best rows,
+    ties included); the table then answers by key instead of scanning the day. Too many ids
+    (a day of ties) fall back to the scan.
+    """
     with db.transaction() as cur:
-        return _top(db, cur, scored_for_date, top_n)
+        return _top(db, cur, scored_for_date, top_n, among)
 
 
-def _top(db: PredictionsDB, cur: Any, scored_for_date: dt.date, top_n: int) -> list[tuple[str, float]]:
+def _top(
+    db: PredictionsDB, cur: Any, scored_for_date: dt.date, top_n: int, among: list[str] | None = None
+) -> list[tuple[str, float]]:
+    where, params = f"scored_for_date = {db.param}", [scored_for_date.isoformat()]
+    if among is not None and len(among) <= _MAX_CANDIDATES:
+        ids = sorted(set(among))
+        if not ids:
+            return []
+        where += f" AND customer_id IN ({', '.join([db.param] * len(ids))})"
+        params += ids
+    # The database orders (its collation breaks ties), so both forms give the same answer.
     cur.execute(
-        f"SELECT customer_id, score FROM {db.table(TABLE)} WHERE scored_for_date = {db.param} "
+        f"SELECT customer_id, score FROM {db.table(TABLE)} WHERE {where} "
         f"ORDER BY score DESC, customer_id LIMIT {int(top_n)}",
-        (scored_for_date.isoformat(),),
+        params,
     )
     return [(str(c), float(s)) for c, s in cur.fetchall()]
 

@@ -14,6 +14,9 @@ from pyspark.sql import SparkSession
 # is steady-state speed: a warm job 11.2 s vs 9.2 s (16 s vs 7 s of executor CPU). Pass
 # ``java_options=""`` (the JVM's tiered default) for long-lived sessions.
 QUICK_JIT = "-XX:TieredStopAtLevel=1"
+# Python workers fork from a daemon that has the batch scorer's modules loaded (see the module):
+# a job's first Python task then starts in ~0.1 s instead of paying ~1.5 s of imports.
+PYTHON_DAEMON = "propensity.spark_daemon"
 
 
 def spark_session(
@@ -36,6 +39,7 @@ def spark_session(
         .config("spark.driver.memory", driver_memory)
         .config("spark.ui.showConsoleProgress", "true")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.python.daemon.module", PYTHON_DAEMON)
     )
     if java_options:
         builder = builder.config("spark.driver.extraJavaOptions", java_options)

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+# ``matrix`` lives with the backends (light to import in Spark workers); training uses it from here.
+from propensity.backends import matrix  # noqa: F401
 from propensity.metrics import auc, classification_metrics
 from propensity.settings import Settings, TrainingSettings, project_home
 
@@ -77,11 +79,6 @@ def cutoff_grid(first_day: dt.date, last_day: dt.date, cfg: TrainingSettings) ->
     start = first_day + dt.timedelta(days=cfg.min_history_days)
     start += dt.timedelta(days=(cfg.cutoff_weekday - start.weekday()) % 7)
     return [start + dt.timedelta(days=i) for i in range(0, (last_day - start).days + 1, cfg.cutoff_step_days)]
-
-
-def matrix(frame: pd.DataFrame, features: tuple[str, ...]) -> np.ndarray:
-    """The model input: float32 in feature order, NaN for missing (XGBoost and FIL both read NaN as missing)."""
-    return frame.loc[:, list(features)].to_numpy(dtype=np.float32, na_value=np.nan)
 
 
 def data_hash(frame: pd.DataFrame) -> str:

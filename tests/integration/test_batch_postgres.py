@@ -36,6 +36,7 @@ from propensity.predictions_db import (  # noqa: E402
     read_day,
     schema_version,
     stage_rows,
+    top_scores,
 )
 from propensity.storage import write_partition  # noqa: E402
 from propensity.train import matrix  # noqa: E402
@@ -97,7 +98,7 @@ def test_scores_land_in_postgres_bit_exact_and_a_rerun_replaces_them(env, schema
     second = score_day(settings, DAY, run_id="scheduled__2", spark=spark)
 
     db = db_from_settings(settings)
-    assert schema_version(db) == MIGRATIONS[-1].version == 3
+    assert schema_version(db) == MIGRATIONS[-1].version == 4
     rows = read_day(db, DAY)
     assert (first["rows"], second["rows"], len(rows)) == (N, N, N)
     assert rows["customer_id"].is_unique and set(rows["model_version"]) == {"2"}
@@ -111,6 +112,10 @@ def test_scores_land_in_postgres_bit_exact_and_a_rerun_replaces_them(env, schema
         )
     )
     assert rows["score"].tolist() == [want[c] for c in rows["customer_id"]]  # COPY kept every bit
+    # The top, read back by key among the tasks' best rows, is the table's own top.
+    assert (
+        second["top"] == top_scores(db, DAY, 10) == sorted(want.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    )
     assert stage_tables(schema) == []  # the batch's table became the day's partition
     with psycopg.connect(PG) as conn:
         partitions = conn.execute(
@@ -213,7 +218,7 @@ def test_a_version_2_database_is_partitioned_by_day_keeping_its_rows(schema):
                 (day, day),
             )
     assert schema_version(db) == 2
-    assert migrate(db) == 3
+    assert migrate(db) == 4
     assert len(read_day(db, DAY)) == 10 and set(read_day(db, DAY)["run_id"]) == {"old"}
     staged = StagedBatch("0000cafe", "propensity", "2", DAY, DAY, "new")
     open_batch(db, staged)
@@ -221,6 +226,22 @@ def test_a_version_2_database_is_partitioned_by_day_keeping_its_rows(schema):
     assert publish_day(db, staged, 2) == 2
     assert read_day(db, DAY)["customer_id"].tolist() == ["a", "b"]
     assert len(read_day(db, DAY - dt.timedelta(days=1))) == 10  # the other day untouched
+    # Migration 4: the model-version index is BRIN on the table and on every day, the swapped-in
+    # day's own index adopted by ATTACH (a child of the parent's, not a second one).
+    with psycopg.connect(PG) as conn:
+        indexes = conn.execute(
+            "SELECT t.relname, am.amname, p.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid "
+            "JOIN pg_class t ON t.oid = x.indrelid JOIN pg_am am ON am.oid = c.relam "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_inherits i ON i.inhrelid = c.oid "
+            "LEFT JOIN pg_class p ON p.oid = i.inhparent "
+            "WHERE n.nspname = %s AND t.relname LIKE 'predictions%%' AND NOT x.indisunique ORDER BY 1",
+            (schema,),
+        ).fetchall()
+    assert indexes == [
+        ("predictions", "brin", None),
+        ("predictions_20111130", "brin", "predictions_model"),
+        ("predictions_20111201", "brin", "predictions_model"),
+    ]
 
 
 def test_an_attempt_whose_staging_table_was_swept_fails_saying_so(schema):

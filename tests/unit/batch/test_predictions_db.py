@@ -53,11 +53,11 @@ def db(tmp_path) -> PredictionsDB:
 def test_migrations_are_versioned_and_idempotent(tmp_path):
     db = PredictionsDB(f"sqlite:///{tmp_path}/fresh.db")
     assert schema_version(db) == 0
-    assert migrate(db) == migrate(db) == MIGRATIONS[-1].version == 3
+    assert migrate(db) == migrate(db) == MIGRATIONS[-1].version == 4
     with sqlite3.connect(f"{tmp_path}/fresh.db") as conn:
         applied = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert applied == [(1,), (2,), (3,)]  # 3 is Postgres-only: nothing to do here
+    assert applied == [(1,), (2,), (3,), (4,)]  # 3 and 4 are Postgres-only: nothing to do here
     assert {"predictions_model", "predictions_staging_batch"} <= indexes
 
 
@@ -70,7 +70,7 @@ def test_a_database_at_an_older_version_gets_only_the_missing_steps(tmp_path):
         conn.execute("DELETE FROM schema_migrations WHERE version >= 2")
     assert schema_version(db) == 1
     migrate(db)
-    assert schema_version(db) == 3
+    assert schema_version(db) == 4
 
 
 def test_a_retried_partition_replaces_what_it_staged(db, tmp_path):

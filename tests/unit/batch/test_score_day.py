@@ -129,7 +129,7 @@ def test_days_to_score_param_then_asset_events_then_logical_date():
 
 def test_a_task_with_several_cores_scores_row_blocks_bit_identically(champion):
     from propensity.backends import InProcessBackend
-    from propensity.batch import _Scorer
+    from propensity.batch_worker import Scorer as _Scorer
 
     class Broadcast:  # what sc.broadcast gives a task
         value = bytes(champion.save_raw("json"))

@@ -1,0 +1,236 @@
+"""Batch scoring, executor side: what each Spark task of :func:`propensity.batch.score_day` runs.
+
+Imported by Spark's Python workers (and preloaded by :mod:`propensity.spark_daemon`), so it
+imports only what a task needs: Arrow, numpy, xgboost (through the API's backend) and the
+predictions database's driver.
+
+A task is given slices of the day's snapshot file (a row group, or a row range of one). It reads
+them straight from the offline store with pyarrow (a local folder or S3, only the champion's
+columns), scores each Arrow batch with the API's :class:`~propensity.backends.InProcessBackend`
+on the matrix :func:`~propensity.backends.matrix` builds, and COPYs each scored batch as it
+comes. The JVM never decodes the snapshot's rows or ships them to Python: for a model this
+small, that copy cost as much as the predictions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from propensity.backends import InProcessBackend, matrix
+from propensity.predictions_db import PredictionsDB, StagedBatch, stage_rows
+from propensity.storage import Store
+
+log = logging.getLogger(__name__)
+
+ENTITY_KEY = "customer_id"  # propensity.features.ENTITY_KEY (not imported: that module loads Spark)
+_MIN_BLOCK_ROWS = 4096  # below this a thread hand-off costs more than it saves
+
+
+class BatchInputError(ValueError):
+    """The day cannot be scored from what is stored (no snapshot, missing feature columns, bad scores)."""
+
+
+@dataclass(frozen=True)
+class SnapshotSlice:
+    """Rows ``[offset, offset + length)`` of one row group of the snapshot file."""
+
+    row_group: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class SnapshotSource:
+    """The snapshot file a job scores: its store (picklable: pyarrow filesystems are), path,
+    the columns tasks read (the entity key, then the champion's features) and Arrow batch size."""
+
+    store: Store
+    path: str
+    columns: tuple[str, ...]
+    batch_rows: int
+
+    def read(self, piece: SnapshotSlice) -> pa.Table:
+        with self.store.fs.open_input_file(self.path) as fh:
+            table = pq.ParquetFile(fh).read_row_group(piece.row_group, columns=list(self.columns))
+        return table.slice(piece.offset, piece.length)
+
+
+def plan_slices(row_groups: list[int], wanted: int) -> list[SnapshotSlice]:
+    """Cut row groups of these sizes into at least ``wanted`` slices of near-equal length (a row
+    group is never merged with another: a task reads whole row groups or parts of one)."""
+    groups = [(i, n) for i, n in enumerate(row_groups) if n]
+    if not groups:
+        return []
+    total = sum(n for _, n in groups)
+    out = []
+    for i, n in groups:
+        # This group's share of the wanted slices, at least one.
+        k = max(1, round(wanted * n / total)) if wanted > len(groups) else 1
+        bounds = np.linspace(0, n, k + 1).astype(int)
+        out.extend(
+            SnapshotSlice(i, int(a), int(b - a)) for a, b in zip(bounds, bounds[1:], strict=False) if b > a
+        )
+    return out
+
+
+# sha256 -> backend, per Python worker process: Spark reuses workers, so a model loads once each.
+_BACKENDS: dict[str, InProcessBackend] = {}
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """What a task needs to score: the broadcast model and how many threads it may use."""
+
+    model_bc: Any
+    sha: str
+    version: str
+    features: tuple[str, ...]
+    threads: int
+
+    def backend(self) -> InProcessBackend:
+        backend = _BACKENDS.get(self.sha)
+        if backend is None:
+            _BACKENDS.clear()  # one model per worker: a new champion evicts the old
+            backend = _BACKENDS[self.sha] = InProcessBackend.from_bytes(self.model_bc.value, self.version)
+            log.info("loaded champion v%s (%s) in this worker", self.version, self.sha[:12])
+        return backend
+
+    def scores(self, backend: InProcessBackend, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+        """The API's predict on the training matrix (only the feature columns go through pandas).
+
+        A task with several cores predicts row blocks on as many threads, each one-threaded as
+        in the API (xgboost predicts thread-safely and frees the GIL): unlike xgboost's own
+        OpenMP threads, these do not stall at a barrier when other work holds a core.
+        """
+        x = matrix(batch.select(list(self.features)).to_pandas(), self.features)
+        if self.threads == 1 or len(x) < 2 * _MIN_BLOCK_ROWS:
+            return backend.predict(x)
+        pool = _POOLS.get(self.threads) or _POOLS.setdefault(self.threads, ThreadPoolExecutor(self.threads))
+        blocks = np.array_split(x, min(self.threads, len(x) // _MIN_BLOCK_ROWS))
+        return np.concatenate(list(pool.map(backend.predict, blocks)))
+
+
+def checked(batch: pa.RecordBatch | pa.Table, scores: np.ndarray) -> np.ndarray:
+    bad = ~np.isfinite(scores) | (scores < 0) | (scores > 1)
+    if bad.any():
+        ids = batch.column(ENTITY_KEY).filter(pa.array(bad)).to_pylist()[:3]
+        raise BatchInputError(f"{int(bad.sum())} score(s) outside [0, 1], e.g. customers {ids}")
+    return scores
+
+
+def best_rows(
+    ids: list[str] | pa.Array | pa.ChunkedArray, scores: np.ndarray, n: int
+) -> tuple[list[str], np.ndarray]:
+    """The rows whose score is at least the ``n``-th largest, ties included (none for ``n <= 0``).
+
+    Kept per task, their union holds every row of the day's top ``n`` whatever the tie-break: a
+    row left out of its task's set has ``n`` rows of that task strictly above it.
+    """
+    if n <= 0:
+        return [], scores[:0]
+    if len(scores) > n:
+        threshold = np.partition(scores, len(scores) - n)[len(scores) - n]
+        keep = np.flatnonzero(scores >= threshold)
+    else:
+        keep = np.arange(len(scores))
+    if isinstance(ids, list):
+        return [ids[i] for i in keep], scores[keep]
+    return ids.take(pa.array(keep)).to_pylist(), scores[keep]
+
+
+def ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """``items`` produced on a thread, up to ``depth`` ahead of the consumer: here the next
+    batches are read and predicted while this one is written. The producer's exception is
+    raised in the consumer; a consumer that stops early stops the producer."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    done, stop = object(), threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put((done, exc))
+
+    worker = threading.Thread(target=produce, name="score-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                q.get(timeout=0.1)
+
+
+def score_and_stage(
+    ids: Iterator[int],
+    *,
+    scorer: Scorer,
+    source: SnapshotSource,
+    slices: tuple[SnapshotSlice, ...],
+    db: PredictionsDB,
+    staged: StagedBatch,
+    top_n: int,
+) -> Iterator[dict[str, Any]]:
+    """One Spark partition (``ids``: the indexes of its slices), one pass: read each slice, score
+    it batch by batch and COPY each batch as it comes (the next batches are read and predicted
+    meanwhile); yields one summary: ``part``, ``rows``, ``top`` (its :func:`best_rows` for
+    ``top_n``, as ``[customer_id, score]``), the seconds spent reading, predicting and writing,
+    and ``started`` (wall clock)."""
+    from pyspark import TaskContext
+
+    started = time.time()  # wall clock, compared with the driver's: when Python got going
+    part = TaskContext.get().partitionId()
+    mine = [slices[i] for i in ids]
+    backend = scorer.backend()
+    clock = {"read_s": 0.0, "predict_s": 0.0, "write_s": 0.0, "started": started}
+    best: tuple[list[str], np.ndarray] = ([], np.empty(0))
+
+    def scored() -> Iterator[pa.Table]:
+        nonlocal best
+        for piece in mine:
+            t0 = time.perf_counter()
+            table = source.read(piece)
+            clock["read_s"] += time.perf_counter() - t0
+            for batch in table.to_batches(max_chunksize=source.batch_rows):
+                t1 = time.perf_counter()
+                scores = checked(batch, scorer.scores(backend, batch))
+                clock["predict_s"] += time.perf_counter() - t1
+                keys = batch.column(ENTITY_KEY)
+                top_ids, top_scores = best_rows(keys, scores, top_n)
+                best = best_rows(best[0] + top_ids, np.concatenate([best[1], top_scores]), top_n)
+                yield pa.table({ENTITY_KEY: keys, "score": scores})
+
+    t_start = time.perf_counter()
+    rows = stage_rows(db, staged, part, ahead(scored()))
+    # Writing: CSV and COPY of each batch, plus connecting and committing, less what overlapped.
+    clock["write_s"] = max(0.0, time.perf_counter() - t_start - clock["read_s"] - clock["predict_s"])
+    yield {"part": part, "rows": rows, "top": [[c, float(v)] for c, v in zip(*best, strict=True)], **clock}
