@@ -281,3 +281,34 @@ def test_a_swap_waits_for_a_long_reader_only_so_long_and_keeps_the_day(schema, m
     assert reader_view(schema) == (2, {"1"})  # the day as the first publish left it
     publish_day(db, second, 2)  # the retry, once the reader is gone
     assert reader_view(schema) == (2, {"2"})
+
+
+def test_a_snapshot_on_s3_is_read_by_the_tasks_and_scored_bit_exact(
+    s3_server, s3_bucket, make_settings, tmp_path, schema, spark
+):
+    # The tasks read their slices from the moto server themselves (the Spark workers were started
+    # before this test set the credentials: the store carries the driver's).
+    settings = make_settings(
+        zone_root=f"s3://{s3_bucket}/zones",
+        s3_endpoint_url=s3_server,
+        serving={"repository": str(tmp_path / "models")},
+        batch={"db_url": PG, "db_schema": schema, "partitions": 3},
+    )
+    snapshot = synthetic_snapshot(N, DAY)
+    write_partition(zone_store(settings), OFFLINE_ZONE, SNAPSHOTS, DAY, snapshot)
+    champion = train_champion(seed=0)
+    deploy_model(settings, champion, 1, "champion")
+
+    result = score_day(settings, DAY, run_id="s3", spark=spark)
+
+    assert result["tasks"] == 3 and [s["length"] for s in result["slices"]] == [666, 667, 667]
+    rows = read_day(db_from_settings(settings), DAY)
+    frame = snapshot.to_pandas()
+    want = dict(
+        zip(
+            frame["customer_id"],
+            champion.inplace_predict(matrix(frame, MODEL_FEATURES)).astype(np.float64),
+            strict=True,
+        )
+    )
+    assert len(rows) == N and rows["score"].tolist() == [want[c] for c in rows["customer_id"]]
