@@ -118,3 +118,24 @@ def test_missing_column_is_named(spark):
     frame = spark.createDataFrame(table(EVENTS)).drop("line_kind")
     with pytest.raises(ValueError, match="line_kind"):
         customer_features(frame, [D])
+
+
+def test_money_is_counted_in_exact_units_of_a_ten_thousandth(spark):
+    from decimal import ROUND_HALF_UP, Decimal
+
+    from pyspark.sql import functions as F
+
+    from propensity.features import money_units
+
+    # Float products and sums that are not what they print (0.1 + 0.2, 2.675, 17.7), signs, and
+    # a half unit: each lands on the nearest 0.0001, halves away from zero, as a decimal would.
+    amounts = [17.7, -17.7, 0.1 + 0.2, 2.675, 5e-05, -5e-05, 3 * 1.1, 0.0, 1234567.89, -0.0001]
+    frame = spark.createDataFrame([(a,) for a in amounts], "amount double")
+    got = [r[0] for r in frame.select(money_units(F.col("amount"))).collect()]
+    want = [int(Decimal(repr(a)).quantize(Decimal("0.0001"), ROUND_HALF_UP).scaleb(4)) for a in amounts]
+    assert got == want == [177000, -177000, 3000, 26750, 1, -1, 33000, 0, 12345678900, -1]
+
+
+def test_history_longer_than_exact_gap_sums_allow_is_refused(spark):
+    with pytest.raises(ValueError, match="history_days=40000"):
+        snapshot(spark, EVENTS, history_days=40_000)
