@@ -10,7 +10,7 @@ champion and replaces the day's rows of the predictions table (:mod:`propensity.
   loads it once (cached by hash: Spark reuses workers across tasks) into the API's own
   :class:`~propensity.backends.InProcessBackend`.
 * Scoring is vectorised and done in the same pass as the write (:mod:`propensity.batch_worker`):
-  one ``mapInArrow`` task per slice of the snapshot file (a row group, or a row range of one when
+  one Spark task per slice of the snapshot file (a row group, or a row range of one when
   ``batch.partitions`` asks for more tasks; no shuffle; a task's predict uses the cores the others
   leave). Each task reads its slice with pyarrow straight from the offline store (local or S3),
   so the JVM neither decodes the rows nor copies them to Python, then runs one ``inplace_predict``

@@ -340,8 +340,8 @@ class BatchSettings(BaseModel):
     db_schema: str | None = None  # Postgres schema of the tables; None: the search_path's (public)
     connect_timeout_s: int = 10  # a down database fails the task after this, and the retry succeeds
     max_feature_age_days: int = 0  # score day D from the latest snapshot in [D - this, D]
-    partitions: int = 0  # scoring partitions; 0: Spark's default parallelism
-    arrow_batch_rows: int = 50_000  # rows per mapInPandas batch (one inplace_predict call each)
+    partitions: int = 0  # at least this many scoring tasks; 0: one per row group of the snapshot (1 M rows)
+    arrow_batch_rows: int = 50_000  # rows per Arrow batch a task predicts and COPYs at a time
     top_n: int = 10  # top-scored customers returned (and printed by the demo)
 
     @field_validator("db_url")
