@@ -12,9 +12,11 @@ What lands in Redis is byte for byte what ``online_write_batch`` writes: key
 ``serialize_entity_key(v3) + project``, field ``_ts:<view>`` (a protobuf ``Timestamp``) and one
 ``mmh3("<view>:<feature>")`` field per feature (a serialized ``ValueProto``, empty for null or
 NaN); a row whose stored ``_ts`` is as new or newer is skipped; ``key_ttl_seconds`` adds an
-``EXPIRE`` after each write; ``skip_dedup`` skips the timestamp read. Anything else (another
-online store, Redis Cluster, several join keys, a column type not handled here) takes Feast's
-stock path; the log says which path ran and why.
+``EXPIRE`` after each write; ``skip_dedup`` skips the timestamp read. As Feast, every stored
+timestamp is read before the first write, so an error while reading leaves Redis unchanged.
+Anything else (another online store, Redis Cluster, several join keys, a column type or value
+not handled here) takes Feast's stock path, decided from whole columns before anything is sent;
+the log says which path ran and why. Bytes are encoded ``block_rows`` rows at a time.
 
 Enable it in ``feature_store.yaml``::
 
@@ -82,7 +84,9 @@ class ArrowRedisEngineConfig(FeastConfigBaseModel):
 class ArrowRedisEngine(LocalComputeEngine):
     """Feast's local compute engine whose online write goes through :class:`ArrowRedisOutputNode`.
 
-    ``paths`` records, per feature view, which write path its last materialization took.
+    ``paths`` records, per feature view, which write path its last materialization took (an
+    empty table or an offline-only view included: that path ran and wrote nothing online);
+    ``written`` how many rows the Arrow path wrote, the rest being as new or newer in Redis.
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class ArrowRedisEngine(LocalComputeEngine):
         super().__init__(backend=config.backend, **kwargs)
         self.block_rows = config.block_rows
         self.paths: dict[str, WritePath] = {}
+        self.written: dict[str, int] = {}  # rows the Arrow path wrote (not kept back as stale)
 
     def _materialize_one(
         self, registry: BaseRegistry, task: MaterializationTask, **kwargs: Any
@@ -131,18 +136,23 @@ class ArrowRedisOutputNode(LocalOutputNode):
     def execute(self, context: ExecutionContext) -> ArrowTableValue:
         table = self.get_single_table(context).data
         view = self.feature_view
-        if table.num_rows == 0 or not view.online:
+        if not view.online:
+            log.info("materialize %s: offline-only view, no online write (Feast's output node)", view.name)
             self.engine.paths[view.name] = "feast"
+            self.engine.written.pop(view.name, None)
             return super().execute(context)
         try:
             plan = RedisWritePlan.for_table(context.repo_config, context.online_store, view, table)
         except FastPathUnsupported as why:
-            log.info("materialize %s: Feast's stock path (%s)", view.name, why)
+            log.info("materialize %s: Feast's stock path, %d rows (%s)", view.name, table.num_rows, why)
             self.engine.paths[view.name] = "feast"
+            self.engine.written.pop(view.name, None)
             return super().execute(context)
-        written = plan.write(
-            context.online_store._get_client(context.repo_config.online_store), self.engine.block_rows
-        )
+        written = 0
+        if table.num_rows:
+            written = plan.write(
+                context.online_store._get_client(context.repo_config.online_store), self.engine.block_rows
+            )
         log.info(
             "materialize %s: Arrow->Redis path, %d rows: %d written, %d kept (stored row as new or newer)",
             view.name,
@@ -151,7 +161,8 @@ class ArrowRedisOutputNode(LocalOutputNode):
             table.num_rows - written,
         )
         self.engine.paths[view.name] = "arrow-redis"
-        if view.offline:  # as Feast's output node
+        self.engine.written[view.name] = written
+        if view.offline and table.num_rows:  # as Feast's output node: an empty table writes nothing
             context.offline_store.offline_write_batch(
                 config=context.repo_config, feature_view=view, table=table, progress=lambda x: None
             )
@@ -193,26 +204,26 @@ def _null_mask(column: pa.Array) -> np.ndarray:
     return column.is_null().to_numpy(zero_copy_only=False)
 
 
-def _int_values(name: str, column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def _int_values(name: str, column: pa.Array, via_float: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Integer values and null mask as Feast derives them (``int(x)`` of ``to_numpy`` output).
 
     Feast's ``to_numpy`` turns an integer column with nulls, or a float column, into float64:
-    ``int()`` then truncates, NaN is null; past 2**53 the float rounds, which is not copied here.
+    ``int()`` then truncates, NaN is null, and past 2**53 the float rounds (to nearest, as here).
+    ``via_float`` says whether this integer column had nulls in the batch Feast converted
+    (default: this column has nulls); a block of a larger column passes its column's answer.
     """
-    null = _null_mask(column)
     if pa.types.is_integer(column.type):
-        if column.null_count and column.type.bit_width == 64:
-            raw = pc.fill_null(column, 0).to_numpy()
-            if np.any(np.abs(raw[~null].astype(np.float64)) > 2**53):
-                raise FastPathUnsupported(
-                    f"{name}: integers past 2**53 with nulls (Feast rounds them via float)"
-                )
-        if column.type == pa.uint64() and (pc.max(column).as_py() or 0) > 2**63 - 1:
-            raise FastPathUnsupported(f"{name}: uint64 values past int64")
-        return pc.fill_null(column, 0).to_numpy().astype(np.int64), null
+        if via_float is None:
+            via_float = column.null_count > 0
+        if via_float:  # exactly Feast's conversion, then the float branch below
+            column = pc.cast(column, pa.float64(), safe=False)
+        else:
+            if column.type == pa.uint64() and (pc.max(column).as_py() or 0) > 2**63 - 1:
+                raise FastPathUnsupported(f"{name}: uint64 values past int64")
+            return pc.fill_null(column, 0).to_numpy().astype(np.int64), _null_mask(column)
     if pa.types.is_floating(column.type):
         raw = pc.fill_null(column, 0).to_numpy().astype(np.float64)
-        null = null | np.isnan(raw)
+        null = _null_mask(column) | np.isnan(raw)
         kept = raw[~null]
         if not np.all(np.isfinite(kept)) or np.any(np.abs(kept) >= 2**63):
             raise FastPathUnsupported(f"{name}: values out of int64 range")
@@ -220,14 +231,77 @@ def _int_values(name: str, column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     raise FastPathUnsupported(f"{name}: integer feature from a {column.type} column")
 
 
-def encode_values(name: str, value_type: ValueType, column: pa.Array) -> pa.LargeBinaryArray:
-    """Serialized ``ValueProto`` per row, as ``python_values_to_proto_values`` + ``SerializeToString``."""
+def _int_bounds(name: str, column: pa.Array | pa.ChunkedArray, via_float: bool) -> tuple[int, int] | None:
+    """Least and greatest value :func:`_int_values` yields over the whole column (None: no values).
+
+    Raises :class:`FastPathUnsupported` where it would for some block of the column. Both of
+    Feast's conversions (float rounding, truncation) are monotonic, so the bounds of the converted
+    values are the converted bounds; NaN and nulls are skipped as ``pc.min_max`` skips them.
+    """
+    if pa.types.is_integer(column.type):
+        lo, hi = (v.as_py() for v in pc.min_max(column).values())
+        if lo is None:
+            return None
+        if via_float:
+            lo, hi = float(lo), float(hi)  # Python rounds to nearest, as the cast does
+            if max(abs(lo), abs(hi)) >= 2**63:
+                raise FastPathUnsupported(f"{name}: values out of int64 range")
+            return int(lo), int(hi)
+        if hi > 2**63 - 1:
+            raise FastPathUnsupported(f"{name}: uint64 values past int64")
+        return lo, hi
+    if pa.types.is_floating(column.type):
+        lo, hi = (v.as_py() for v in pc.min_max(column).values())
+        if lo is None or np.isnan(lo):  # every value null or NaN
+            return None
+        if not (np.isfinite(lo) and np.isfinite(hi)) or max(abs(lo), abs(hi)) >= 2**63:
+            raise FastPathUnsupported(f"{name}: values out of int64 range")
+        return int(lo), int(hi)  # int() truncates
+    raise FastPathUnsupported(f"{name}: integer feature from a {column.type} column")
+
+
+def check_values(
+    name: str, value_type: ValueType, column: pa.Array | pa.ChunkedArray, via_float: bool = False
+) -> None:
+    """Raise :class:`FastPathUnsupported` if :func:`encode_values` would for any block of the column.
+
+    The whole column is checked before anything is written, from its type and its bounds only.
+    """
+    t = column.type
+    if value_type in _TAG and column.null_count == len(column):
+        return  # every block of it is all null: empty values, whatever the type
+    if value_type in (ValueType.INT64, ValueType.INT32):
+        bounds = _int_bounds(name, column, via_float)
+        if (
+            value_type == ValueType.INT32
+            and bounds
+            and (bounds[0] < _INT32_RANGE[0] or bounds[1] > _INT32_RANGE[1])
+        ):
+            raise FastPathUnsupported(f"{name}: values out of int32 range")
+        return
+    if (
+        (value_type == ValueType.DOUBLE and t == pa.float64())
+        or (value_type == ValueType.FLOAT and t == pa.float32())
+        or (value_type == ValueType.BOOL and t == pa.bool_())
+        or (value_type == ValueType.STRING and (pa.types.is_string(t) or pa.types.is_large_string(t)))
+    ):
+        return
+    raise FastPathUnsupported(f"{name}: {value_type.name} feature from a {t} column")
+
+
+def encode_values(
+    name: str, value_type: ValueType, column: pa.Array, via_float: bool | None = None
+) -> pa.LargeBinaryArray:
+    """Serialized ``ValueProto`` per row, as ``python_values_to_proto_values`` + ``SerializeToString``.
+
+    ``via_float``: see :func:`_int_values` (integer columns only).
+    """
     n = len(column)
     t = column.type
     if value_type in _TAG and column.null_count == n:  # Feast: no sample value, every row null
         return pa.array([b""] * n, pa.large_binary())
     if value_type in (ValueType.INT64, ValueType.INT32):
-        values, null = _int_values(name, column)
+        values, null = _int_values(name, column, via_float)
         if value_type == ValueType.INT32 and np.any((values < _INT32_RANGE[0]) | (values > _INT32_RANGE[1])):
             raise FastPathUnsupported(f"{name}: values out of int32 range")
         varint, lengths = _varint(values.view(np.uint64))  # negatives: 10-byte two's complement
@@ -254,6 +328,28 @@ def encode_values(name: str, value_type: ValueType, column: pa.Array) -> pa.Larg
         body = _join([header, column.cast(pa.large_binary())])
         return pc.fill_null(body, pa.scalar(b"", pa.large_binary()))
     raise FastPathUnsupported(f"{name}: {value_type.name} feature from a {t} column")
+
+
+def check_entity_keys(join_key: str, value_type: ValueType, column: pa.Array | pa.ChunkedArray) -> None:
+    """Raise :class:`FastPathUnsupported` unless every row has its own key :func:`encode_entity_keys` encodes."""
+    if column.null_count:
+        raise FastPathUnsupported(f"join key {join_key} has nulls")
+    t = column.type
+    if value_type == ValueType.STRING and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        pass
+    elif value_type in (ValueType.INT64, ValueType.INT32) and pa.types.is_integer(t) and t != pa.uint64():
+        lo, hi = (v.as_py() for v in pc.min_max(column).values())
+        if (
+            value_type == ValueType.INT32
+            and lo is not None
+            and (lo < _INT32_RANGE[0] or hi > _INT32_RANGE[1])
+        ):
+            raise FastPathUnsupported(f"join key {join_key}: values out of int32 range")
+    else:
+        raise FastPathUnsupported(f"join key {join_key}: {value_type.name} from a {t} column")
+    # One key per distinct value of the one join key (the encoding is one to one).
+    if len(column) and pc.count_distinct(column).as_py() != len(column):
+        raise FastPathUnsupported("several rows per entity key")
 
 
 def encode_entity_keys(
@@ -355,16 +451,78 @@ def _payload(commands: pa.LargeBinaryArray) -> memoryview:
     return memoryview(commands.buffers()[2])[offsets[0] : offsets[-1]]
 
 
+def _column(table: pa.Table, name: str) -> pa.Array:
+    """One column of ``table`` as a single array (zero-copy where it is one chunk)."""
+    chunks = table.column(name).chunks
+    if len(chunks) == 1:
+        return chunks[0]
+    if not chunks:
+        return pa.array([], table.schema.field(name).type)
+    return pa.concat_arrays(chunks)
+
+
+def _feast_batch_starts(table: pa.Table, batch_size: int | None) -> list[int]:
+    """First row of each batch Feast's output node converts (``online_write_batch_size``)."""
+    if batch_size is None:
+        return [0]
+    lengths = [b.num_rows for b in table.to_batches(max_chunksize=batch_size)]
+    return [0, *np.cumsum(lengths[:-1]).tolist()] if lengths else [0]
+
+
+def _via_float(column: pa.ChunkedArray, starts: list[int]) -> bool | np.ndarray:
+    """Whether Feast converts each row of this integer column through float64: its batch has nulls."""
+    if not column.null_count:
+        return False
+    if len(starts) == 1:
+        return True
+    flags = np.add.reduceat(_null_mask(column).astype(np.int64), starts) > 0
+    if flags.all():
+        return True
+    return np.repeat(flags, np.diff([*starts, len(column)]))
+
+
+class RedisWriteError(RuntimeError):
+    """A Redis error while the Arrow path wrote (or read before writing) a view's rows."""
+
+
+def _redis_error(err: BaseException, what: str) -> BaseException:
+    """``err`` with ``what`` (which command, rows and key) in its message, of the same type if possible."""
+    message = f"{what}: {err}"
+    try:
+        wrapped = type(err)(message)
+    except Exception:
+        return RedisWriteError(message)
+    return wrapped if str(wrapped) == message else RedisWriteError(message)
+
+
+@dataclass(frozen=True)
+class _Feature:
+    name: str
+    value_type: ValueType
+    field: bytes
+    via_float: bool | np.ndarray  # integer columns: Feast converts through float64 (per row)
+
+
 @dataclass(frozen=True)
 class RedisWritePlan:
-    """The rows of one materialization, encoded the way ``RedisOnlineStore.online_write_batch`` writes them."""
+    """The rows of one materialization, to be written as ``RedisOnlineStore.online_write_batch`` writes them.
 
-    keys: pa.LargeBinaryArray
-    event_nanos: np.ndarray
-    hset_parts: list[Any]  # per row, joined lazily by block: HSET key _ts ts field value ...
+    Every check is made on whole columns by :meth:`for_table`, before anything is read or written;
+    the bytes are then encoded a block of rows at a time (keys twice: to read, then to write), so
+    beyond the table itself and 9 bytes a row (event time, whether to write it) memory grows with
+    the block size only.
+    """
+
+    table: pa.Table  # the columns written, in Feast's row order
+    join_key: str
+    key_type: ValueType
+    project: str
+    features: list[_Feature]
+    event_micros: np.ndarray
     ts_field: bytes
     key_ttl_seconds: int | None
     skip_dedup: bool
+    view_name: str = ""
 
     @classmethod
     def for_table(cls, config: RepoConfig, online_store: Any, view: Any, table: pa.Table) -> RedisWritePlan:
@@ -384,77 +542,166 @@ class RedisWritePlan:
             raise FastPathUnsupported(f"{len(join_keys)} join keys")
         if view.batch_source is None:
             raise FastPathUnsupported("no batch source")
-        names = [view.batch_source.timestamp_field, *join_keys, *(f.name for f in view.features)]
+        ts_column = view.batch_source.timestamp_field
+        ((join_key, key_type),) = join_keys.items()
+        names = list(dict.fromkeys([ts_column, join_key, *(f.name for f in view.features)]))
         missing = [c for c in names if c not in table.column_names]
         if missing:
             raise FastPathUnsupported(f"columns {missing} not in the table")
-        table = table.combine_chunks()
+        table = table.select(names)
+        # No rows, nothing to encode: column types (null ones from Feast's empty read) do not matter.
+        checked = table.num_rows > 0
 
-        def column(name: str) -> pa.Array:
-            return (
-                table.column(name).chunk(0)
-                if table.column(name).num_chunks
-                else pa.array([], table.schema.field(name).type)
-            )
-
-        ((join_key, key_type),) = join_keys.items()
-        keys = encode_entity_keys(join_key, key_type, column(join_key), config.project)
-        if pc.count_distinct(keys).as_py() != len(keys):
-            raise FastPathUnsupported("several rows per entity key")
-        micros = event_micros(column(view.batch_source.timestamp_field))
-
+        if checked:
+            check_entity_keys(join_key, key_type, table.column(join_key))
+        micros = event_micros(table.column(ts_column)) if checked else np.zeros(0, dtype=np.int64)
+        starts = _feast_batch_starts(table, config.materialization_config.online_write_batch_size)
         fv_name = _versioned_fv_name(view, config)
-        ts_field = f"_ts:{fv_name}".encode()
-        fields = [(ts_field, encode_timestamps(micros))]
+        features = []
         for feature in view.features:
-            encoded = encode_values(feature.name, feature.dtype.to_value_type(), column(feature.name))
-            fields.append((_mmh3(f"{fv_name}:{feature.name}"), encoded))
+            column = table.column(feature.name)
+            value_type = feature.dtype.to_value_type()
+            via_float = _via_float(column, starts) if pa.types.is_integer(column.type) else False
+            if checked and isinstance(via_float, np.ndarray):  # some Feast batches via float, some not
+                for start, stop in zip(starts, [*starts[1:], len(column)], strict=True):
+                    check_values(
+                        feature.name, value_type, column.slice(start, stop - start), via_float[start]
+                    )
+            elif checked:
+                check_values(feature.name, value_type, column, via_float)
+            features.append(_Feature(feature.name, value_type, _mmh3(f"{fv_name}:{feature.name}"), via_float))
+        ttl = store_config.key_ttl_seconds
+        return cls(
+            table=table,
+            join_key=join_key,
+            key_type=key_type,
+            project=config.project,
+            features=features,
+            event_micros=micros,
+            ts_field=f"_ts:{fv_name}".encode(),
+            key_ttl_seconds=ttl or None,
+            skip_dedup=store_config.skip_dedup,
+            view_name=view.name,
+        )
 
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def blocks(self, block_rows: int) -> Iterator[tuple[int, int]]:
+        for start in range(0, self.num_rows, block_rows):
+            yield start, min(start + block_rows, self.num_rows)
+
+    def keys(self, start: int, stop: int) -> pa.LargeBinaryArray:
+        column = _column(self.table.slice(start, stop - start), self.join_key)
+        return encode_entity_keys(self.join_key, self.key_type, column, self.project)
+
+    def commands(self, start: int, stop: int) -> tuple[pa.LargeBinaryArray, pa.LargeBinaryArray]:
+        """Rows ``[start, stop)``: their keys, and each one's packed ``HSET`` (and ``EXPIRE``)."""
+        block = self.table.slice(start, stop - start)
+        keys = self.keys(start, stop)
+        fields = [(self.ts_field, encode_timestamps(self.event_micros[start:stop]))]
+        for f in self.features:
+            via_float = f.via_float[start] if isinstance(f.via_float, np.ndarray) else f.via_float
+            if isinstance(f.via_float, np.ndarray) and not np.all(f.via_float[start:stop] == via_float):
+                parts = [  # a block across two of Feast's batches: encode each part as its batch
+                    encode_values(
+                        f.name, f.value_type, _column(block, f.name).slice(i, j - i), f.via_float[start + i]
+                    )
+                    for i, j in _runs(f.via_float[start:stop])
+                ]
+                encoded = pa.concat_arrays(parts)
+            else:
+                encoded = encode_values(f.name, f.value_type, _column(block, f.name), via_float)
+            fields.append((f.field, encoded))
         parts: list[Any] = [b"*%d\r\n" % (2 + 2 * len(fields)), _bulk_const(b"HSET"), *_bulk(keys)]
         for field, values in fields:
             parts += [_bulk_const(field), *_bulk(values)]
-        ttl = store_config.key_ttl_seconds
-        if ttl:  # as Feast: EXPIRE after every HSET it sends
-            parts += [b"*3\r\n", _bulk_const(b"EXPIRE"), *_bulk(keys), _bulk_const(str(ttl).encode())]
-        return cls(keys, micros * 1000, parts, ts_field, ttl or None, store_config.skip_dedup)
-
-    def blocks(self, block_rows: int) -> Iterator[tuple[int, int]]:
-        for start in range(0, len(self.keys), block_rows):
-            yield start, min(start + block_rows, len(self.keys))
+        if self.key_ttl_seconds:  # as Feast: EXPIRE after every HSET it sends
+            parts += [
+                b"*3\r\n",
+                _bulk_const(b"EXPIRE"),
+                *_bulk(keys),
+                _bulk_const(str(self.key_ttl_seconds).encode()),
+            ]
+        return keys, _join(parts)
 
     def write(self, client: Any, block_rows: int) -> int:
-        """Write the rows newer than what Redis holds (all of them with ``skip_dedup``); returns how many."""
-        written = 0
+        """Write the rows newer than what Redis holds (all of them with ``skip_dedup``); returns how many.
+
+        As Feast: every stored timestamp is read before anything is written, so a Redis error
+        while reading (a key holding another type, say) leaves Redis as it was; an error reply to
+        a write does not stop the other rows' writes, and is raised once all were sent. Errors
+        name the command, rows and key that failed.
+        """
+        import redis
+
         conn = client.connection_pool.get_connection()
         try:
+            keep = np.ones(self.num_rows, dtype=bool)
+            if not self.skip_dedup:
+                for start, stop in self.blocks(block_rows):
+                    keep[start:stop] = self.newer_than_stored(conn, start, stop)
+            written, failed = 0, []
+            per_row = 2 if self.key_ttl_seconds else 1
             for start, stop in self.blocks(block_rows):
-                keep = np.ones(stop - start, dtype=bool)
-                if not self.skip_dedup:
-                    keep = self.newer_than_stored(conn, start, stop)
-                if not keep.any():
+                if not keep[start:stop].any():
                     continue
-                parts = [
-                    p.slice(start, stop - start) if isinstance(p, pa.Array) else p for p in self.hset_parts
-                ]
-                commands = _join(parts).filter(pa.array(keep))
-                conn.send_packed_command([_payload(commands)], check_health=False)
-                replies = len(commands) * (2 if self.key_ttl_seconds else 1)
-                for _ in range(replies):
-                    conn.read_response()
+                rows = np.flatnonzero(keep[start:stop])
+                keys, commands = self.commands(start, stop)
+                if len(rows) < stop - start:
+                    mask = pa.array(keep[start:stop])
+                    keys, commands = keys.filter(mask), commands.filter(mask)
+                try:
+                    conn.send_packed_command([_payload(commands)], check_health=False)
+                    for i in range(len(commands) * per_row):
+                        try:
+                            conn.read_response()
+                        except redis.ResponseError as e:  # the reply was read: go on, as a pipeline does
+                            row = i // per_row
+                            command = "EXPIRE" if i % per_row else "HSET"
+                            failed.append(
+                                (e, f"{command} of row {start + rows[row]} (key {keys[row].as_py()!r})")
+                            )
+                except redis.RedisError as e:
+                    raise _redis_error(
+                        e,
+                        f"{self.view_name}: writing rows [{start}, {stop}) (the rows to write before {start} were written)",
+                    ) from e
                 written += len(commands)
+            if failed:
+                err, what = failed[0]
+                raise _redis_error(
+                    err, f"{self.view_name}: {len(failed)} error replies writing {written} rows, first {what}"
+                ) from err
+            return written
         except BaseException:
             conn.disconnect()  # replies may be left unread: the connection cannot be reused
             raise
         finally:
             client.connection_pool.release(conn)
-        return written
 
     def newer_than_stored(self, conn: Any, start: int, stop: int) -> np.ndarray:
         """Feast's rule: write unless the stored ``_ts`` is set and as new or newer."""
-        keys = self.keys.slice(start, stop - start)
+        import redis
+
+        keys = self.keys(start, stop)
         commands = _join([b"*3\r\n", _bulk_const(b"HMGET"), *_bulk(keys), _bulk_const(self.ts_field)])
-        conn.send_packed_command([_payload(commands)], check_health=False)
-        stored = [conn.read_response()[0] for _ in range(len(keys))]
+        what = f"{self.view_name}: reading stored timestamps of rows [{start}, {stop}) (nothing written)"
+        stored: list[bytes | None] = []
+        failed = []
+        try:
+            conn.send_packed_command([_payload(commands)], check_health=False)
+            for i in range(len(keys)):
+                try:
+                    stored.append(conn.read_response()[0])
+                except redis.ResponseError as e:  # read in full: the block's other replies follow
+                    failed.append((e, f"HMGET of row {start + i} (key {keys[i].as_py()!r})"))
+        except redis.RedisError as e:
+            raise _redis_error(e, what) from e
+        if failed:
+            err, first = failed[0]
+            raise _redis_error(err, f"{what}: {len(failed)} failed, first {first}") from err
         nanos: dict[bytes | None, int] = {None: 0, b"": 0}
         bound = np.iinfo(np.int64)
         for blob in set(stored) - nanos.keys():  # one snapshot time for most keys: parse each once
@@ -463,4 +710,10 @@ class RedisWritePlan:
             # way with event times, which all lie within that range.
             nanos[blob] = min(max(ts.seconds * 1_000_000_000 + ts.nanos, bound.min), bound.max)
         prev = np.fromiter((nanos[b] for b in stored), dtype=np.int64, count=len(stored))
-        return (prev == 0) | (self.event_nanos[start:stop] > prev)
+        return (prev == 0) | (self.event_micros[start:stop] * 1000 > prev)
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """``[i, j)`` ranges of equal consecutive values."""
+    edges = [0, *(np.flatnonzero(flags[1:] != flags[:-1]) + 1).tolist(), len(flags)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
