@@ -175,6 +175,12 @@ def score_day(
     """
     cfg = settings.batch
     t0 = time.perf_counter()
+    if spark is None:
+        from pyspark.sql import SparkSession
+
+        # A session already running in this driver is used as it is (re-applying the builder's
+        # settings to it costs a quarter of a second); else one starts once the database answered.
+        spark = SparkSession.getActiveSession()
     model = deployed_champion(settings)
     feature_date = feature_date_for(settings, day)
     db = db_from_settings(settings)

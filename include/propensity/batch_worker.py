@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -61,10 +61,21 @@ class SnapshotSource:
     columns: tuple[str, ...]
     batch_rows: int
 
-    def read(self, piece: SnapshotSlice) -> pa.Table:
+    def batches(self, piece: SnapshotSlice) -> Iterator[pa.RecordBatch]:
+        """The slice's rows in batches of at most ``batch_rows``, decoded as they are asked for
+        (the first batch is scored while the next ones are read)."""
+        start, stop, seen = piece.offset, piece.offset + piece.length, 0
         with self.store.fs.open_input_file(self.path) as fh:
-            table = pq.ParquetFile(fh).read_row_group(piece.row_group, columns=list(self.columns))
-        return table.slice(piece.offset, piece.length)
+            parquet = pq.ParquetFile(fh)
+            for batch in parquet.iter_batches(
+                batch_size=self.batch_rows, row_groups=[piece.row_group], columns=list(self.columns)
+            ):
+                lo, hi = max(start - seen, 0), min(stop - seen, batch.num_rows)
+                seen += batch.num_rows
+                if hi > lo:
+                    yield batch.slice(lo, hi - lo)
+                if seen >= stop:
+                    return
 
 
 def plan_slices(row_groups: list[int], wanted: int) -> list[SnapshotSlice]:
@@ -172,6 +183,9 @@ def ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
             q.put((done, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             q.put((done, exc))
+        finally:
+            if hasattr(items, "close"):  # a generator: run its cleanup (files, nested threads) now
+                items.close()
 
     worker = threading.Thread(target=produce, name="score-ahead", daemon=True)
     worker.start()
@@ -188,6 +202,21 @@ def ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         while worker.is_alive():  # unblock a producer waiting on a full queue
             with contextlib.suppress(queue.Empty):
                 q.get(timeout=0.1)
+
+
+def timed(items: Iterable[Any], clock: dict[str, float], key: str) -> Iterator[Any]:
+    """``items``, adding the time spent getting each to ``clock[key]``."""
+    it = iter(items)
+    while True:
+        t0 = time.perf_counter()
+        item = next(it, _END)
+        clock[key] += time.perf_counter() - t0
+        if item is _END:
+            return
+        yield item
+
+
+_END = object()
 
 
 def score_and_stage(
@@ -211,26 +240,25 @@ def score_and_stage(
     part = TaskContext.get().partitionId()
     mine = [slices[i] for i in ids]
     backend = scorer.backend()
-    clock = {"read_s": 0.0, "predict_s": 0.0, "write_s": 0.0, "started": started}
+    # Seconds on each of the three threads (they overlap): decoding the snapshot, predicting, writing.
+    clock = {"read_s": 0.0, "predict_s": 0.0, "write_s": 0.0, "waited_s": 0.0, "started": started}
     best: tuple[list[str], np.ndarray] = ([], np.empty(0))
 
     def scored() -> Iterator[pa.Table]:
         nonlocal best
-        for piece in mine:
+        # The next batches are decoded on their own thread while this one is predicted.
+        for batch in ahead(timed((b for piece in mine for b in source.batches(piece)), clock, "read_s")):
             t0 = time.perf_counter()
-            table = source.read(piece)
-            clock["read_s"] += time.perf_counter() - t0
-            for batch in table.to_batches(max_chunksize=source.batch_rows):
-                t1 = time.perf_counter()
-                scores = checked(batch, scorer.scores(backend, batch))
-                clock["predict_s"] += time.perf_counter() - t1
-                keys = batch.column(ENTITY_KEY)
-                top_ids, top_scores = best_rows(keys, scores, top_n)
-                best = best_rows(best[0] + top_ids, np.concatenate([best[1], top_scores]), top_n)
-                yield pa.table({ENTITY_KEY: keys, "score": scores})
+            scores = checked(batch, scorer.scores(backend, batch))
+            clock["predict_s"] += time.perf_counter() - t0
+            keys = batch.column(ENTITY_KEY)
+            top_ids, top_scores = best_rows(keys, scores, top_n)
+            best = best_rows(best[0] + top_ids, np.concatenate([best[1], top_scores]), top_n)
+            yield pa.table({ENTITY_KEY: keys, "score": scores})
 
     t_start = time.perf_counter()
-    rows = stage_rows(db, staged, part, ahead(scored()))
-    # Writing: CSV and COPY of each batch, plus connecting and committing, less what overlapped.
-    clock["write_s"] = max(0.0, time.perf_counter() - t_start - clock["read_s"] - clock["predict_s"])
+    # ... and the next batches are predicted while this one is COPYed.
+    rows = stage_rows(db, staged, part, timed(ahead(scored()), clock, "waited_s"))
+    # Writing: CSV and COPY of each batch, plus connecting and committing (not the waits for batches).
+    clock["write_s"] = time.perf_counter() - t_start - clock.pop("waited_s")
     yield {"part": part, "rows": rows, "top": [[c, float(v)] for c, v in zip(*best, strict=True)], **clock}

@@ -105,3 +105,27 @@ def test_spark_workers_fork_from_a_daemon_with_the_scorer_preloaded(spark):
     import xgboost
 
     assert xgboost.compat.SKLEARN_INSTALLED  # scikit-learn is installed in this venv
+
+
+def test_a_slice_is_read_in_batches_exactly_whatever_the_boundaries(tmp_path):
+    import pyarrow.parquet as pq
+
+    from propensity.batch_worker import SnapshotSource
+    from propensity.storage import open_store
+
+    table = pa.table(
+        {"customer_id": [f"c{i:03d}" for i in range(100)], "x": list(range(100)), "y": [0.5] * 100}
+    )
+    pq.write_table(table, tmp_path / "s.parquet", row_group_size=60)  # row groups of 60 and 40
+    source = SnapshotSource(open_store(str(tmp_path)), str(tmp_path / "s.parquet"), ("customer_id", "x"), 7)
+    for piece in (
+        SnapshotSlice(0, 0, 60),
+        SnapshotSlice(0, 13, 29),
+        SnapshotSlice(1, 33, 7),
+        SnapshotSlice(0, 59, 1),
+    ):
+        batches = list(source.batches(piece))
+        assert all(b.num_rows <= 7 for b in batches)
+        first = 0 if piece.row_group == 0 else 60
+        want = table.select(["customer_id", "x"]).slice(first + piece.offset, piece.length)
+        assert pa.Table.from_batches(batches).equals(want)
