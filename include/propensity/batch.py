@@ -137,12 +137,12 @@ def snapshot_source(
     parts = (*partition_parts(OFFLINE_ZONE, SNAPSHOTS, feature_date), PART_FILE)
     path = store.path(*parts)
     with store.fs.open_input_file(path) as fh:
-        meta = pq.read_metadata(fh)
+        meta, size = pq.read_metadata(fh), fh.size()
     missing = [c for c in cols if c not in meta.schema.names]
     if missing:
         raise BatchInputError(f"{store.uri_of(*parts)} lacks the champion's input column(s) {missing}")
     groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-    return SnapshotSource(store, path, cols, cfg.arrow_batch_rows), groups
+    return SnapshotSource(store, path, cols, cfg.arrow_batch_rows, size, tuple(groups)), groups
 
 
 # -- driver side -----------------------------------------------------------------------------
@@ -240,7 +240,7 @@ def score_day(
         discard_batch(db, staged)
         raise _clear_error(exc, db) from exc
     # Read back, what downstream readers now see: by key, among each task's best rows.
-    top = top_scores(db, day, cfg.top_n, among=[c for r in parts for c, _ in r["top"]])
+    top = top_scores(db, day, cfg.top_n, among=[c for r in parts for c, _ in r["top"]], written_by=staged)
     timings = {
         "prepare": t1 - t0,
         "score_and_stage": t2 - t1,

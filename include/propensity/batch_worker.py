@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -60,6 +61,19 @@ class SnapshotSource:
     path: str
     columns: tuple[str, ...]
     batch_rows: int
+    # The file as the driver planned the slices: a task refuses another version of it (rewritten
+    # by a backfill of the features mid-job), which could otherwise mix two snapshots in one day.
+    size: int = -1
+    row_groups: tuple[int, ...] = ()
+
+    def check(self, fh: Any, parquet: pq.ParquetFile) -> None:
+        meta = parquet.metadata
+        found = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+        if (self.size >= 0 and fh.size() != self.size) or (self.row_groups and found != self.row_groups):
+            raise BatchInputError(
+                f"the snapshot {self.path} changed while it was being scored ({fh.size()} bytes, row groups "
+                f"{found}; planned {self.size} bytes, {self.row_groups}): nothing was published, re-run the task"
+            )
 
     def batches(self, piece: SnapshotSlice) -> Iterator[pa.RecordBatch]:
         """The slice's rows in batches of at most ``batch_rows``, decoded as they are asked for
@@ -67,6 +81,7 @@ class SnapshotSource:
         start, stop, seen = piece.offset, piece.offset + piece.length, 0
         with self.store.fs.open_input_file(self.path) as fh:
             parquet = pq.ParquetFile(fh)
+            self.check(fh, parquet)
             for batch in parquet.iter_batches(
                 batch_size=self.batch_rows, row_groups=[piece.row_group], columns=list(self.columns)
             ):
@@ -88,7 +103,7 @@ def plan_slices(row_groups: list[int], wanted: int) -> list[SnapshotSlice]:
     out = []
     for i, n in groups:
         # This group's share of the wanted slices, at least one.
-        k = max(1, round(wanted * n / total)) if wanted > len(groups) else 1
+        k = max(1, math.ceil(wanted * n / total)) if wanted > len(groups) else 1
         bounds = np.linspace(0, n, k + 1).astype(int)
         out.extend(
             SnapshotSlice(i, int(a), int(b - a)) for a, b in zip(bounds, bounds[1:], strict=False) if b > a

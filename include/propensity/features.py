@@ -23,8 +23,8 @@ Feature definitions (windows are ``[D - w days, D)``; "order" = a distinct non-r
   snapshot (not a model input) for evaluation segments.
 
 Money is summed exactly, as integers of 0.0001 (each line's amount rounded half away from zero
-to 4 decimals, which keeps every amount the sources produce: prices and quantities carry fewer
-decimals), and gap statistics from exact integer sums, so a snapshot is bit-identical whether
+to 4 decimals, as a decimal cast would: :func:`money_units`), and gap statistics from exact
+integer sums, so a snapshot is bit-identical whether
 computed alone or with many other dates in one pass (bootstrap). Spend is the integer sum over
 10,000 as a double: the double nearest the exact decimal sum.
 """
@@ -179,10 +179,20 @@ def orders(events: DataFrame) -> DataFrame:
 
 
 def money_units(amount: Column) -> Column:
-    """An amount as whole units of 0.0001, rounded half away from zero (long arithmetic only)."""
+    """An amount as whole units of 0.0001, exactly as a decimal cast rounds it: the amount's
+    shortest decimal form, rounded half away from zero to 4 decimals.
+
+    Computed in double arithmetic, which agrees with that everywhere except within rounding
+    error of a half unit. Those lines (amounts with a fifth decimal at or near 5, none in the
+    real data) take Spark's decimal cast instead, so the fast path never decides a tie.
+    """
     scaled = amount * _MONEY_UNITS
-    units = F.when(scaled >= 0, F.floor(scaled + 0.5)).otherwise(-F.floor(0.5 - scaled))
-    return units.cast("long")
+    size = F.abs(scaled)
+    fast = F.when(scaled >= 0, F.floor(scaled + 0.5)).otherwise(-F.floor(0.5 - scaled))
+    # The double's distance from its shortest decimal form plus the product's rounding: < 4.5e-16 x.
+    near_half = F.abs(size - F.floor(size) - 0.5) <= size * 4.5e-16 + 1e-9
+    exact = (amount.cast("decimal(22,4)") * _MONEY_UNITS).cast("long")
+    return F.when(near_half, exact).otherwise(fast).cast("long")
 
 
 def _money(units: str | Column) -> Column:

@@ -657,28 +657,45 @@ _MAX_CANDIDATES = 900  # ids bound into one query (SQLite allows 999 parameters)
 
 
 def top_scores(
-    db: PredictionsDB, scored_for_date: dt.date, top_n: int = 10, *, among: list[str] | None = None
+    db: PredictionsDB,
+    scored_for_date: dt.date,
+    top_n: int = 10,
+    *,
+    among: list[str] | None = None,
+    written_by: StagedBatch | None = None,
 ) -> list[tuple[str, float]]:
     """The day's ``top_n`` customers, best first (ties by customer id), as readers see them.
 
-    ``among``: customer ids known to hold every row of the top (e.g. each writer's best rows,
-    ties included); the table then answers by key instead of scanning the day. Too many ids
-    (a day of ties) fall back to the scan.
+    ``among``: customer ids known to hold every row of the top that ``written_by`` published
+    (each writer's best rows, ties included); the table then answers by key instead of scanning
+    the day. When the day no longer holds that batch's rows (another run published since) or
+    there are too many ids (a day of ties), the day is scanned.
     """
     with db.transaction() as cur:
-        return _top(db, cur, scored_for_date, top_n, among)
+        if among is not None and written_by is not None and len(among) <= _MAX_CANDIDATES:
+            top = _top(db, cur, scored_for_date, top_n, among, written_by)
+            if len(top) == min(top_n, len(set(among))):
+                return top
+        return _top(db, cur, scored_for_date, top_n)
 
 
 def _top(
-    db: PredictionsDB, cur: Any, scored_for_date: dt.date, top_n: int, among: list[str] | None = None
+    db: PredictionsDB,
+    cur: Any,
+    scored_for_date: dt.date,
+    top_n: int,
+    among: list[str] | None = None,
+    written_by: StagedBatch | None = None,
 ) -> list[tuple[str, float]]:
-    where, params = f"scored_for_date = {db.param}", [scored_for_date.isoformat()]
-    if among is not None and len(among) <= _MAX_CANDIDATES:
+    p = db.param
+    where, params = f"scored_for_date = {p}", [scored_for_date.isoformat()]
+    if among is not None and written_by is not None:
         ids = sorted(set(among))
         if not ids:
             return []
-        where += f" AND customer_id IN ({', '.join([db.param] * len(ids))})"
-        params += ids
+        # Only that batch's rows: under another run's scores these ids need not hold the top.
+        where += f" AND run_id = {p} AND model_version = {p} AND customer_id IN ({', '.join([p] * len(ids))})"
+        params += [written_by.run_id, written_by.model_version, *ids]
     # The database orders (its collation breaks ties), so both forms give the same answer.
     cur.execute(
         f"SELECT customer_id, score FROM {db.table(TABLE)} WHERE {where} "

@@ -95,17 +95,12 @@ def open_store(uri: str, *, s3_endpoint_url: str | None = None, s3_region: str =
     """A :class:`Store` for a local folder or ``s3://bucket/prefix``.
 
     S3 credentials are read by Arrow from the standard ``AWS_*`` environment variables
-    (or the instance's role); the endpoint override points at MinIO or a moto server. Keys found
-    in the environment are given to Arrow explicitly, so a Store pickled to Spark's Python
-    workers (which may not share this process's environment) reads as this process would.
+    (or the instance's role); the endpoint override points at MinIO or a moto server. Keys are
+    never put in the Store itself: one pickled to Spark's workers would carry them in plain text.
+    Workers read S3 with their own environment's credentials.
     """
     if uri.startswith("s3://"):
         kwargs: dict[str, Any] = {"region": s3_region}
-        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-        if key and secret:
-            kwargs |= {"access_key": key, "secret_key": secret}
-            if os.environ.get("AWS_SESSION_TOKEN"):
-                kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
         if s3_endpoint_url:
             kwargs["endpoint_override"] = s3_endpoint_url
             kwargs["scheme"] = "https" if s3_endpoint_url.startswith("https") else "http"

@@ -6,6 +6,7 @@ Each test gets a schema of its own in database ``test``, dropped afterwards.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -19,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "batch")) 
 from batch_data import DAY, synthetic_snapshot, train_champion  # noqa: E402
 from serving_models import closed_port  # noqa: E402
 
-from propensity.batch import score_day  # noqa: E402
+import propensity.batch as batch_module  # noqa: E402
+from propensity.batch import BatchInputError, score_day  # noqa: E402
 from propensity.collect import zone_store  # noqa: E402
 from propensity.deploy import deploy_model  # noqa: E402
 from propensity.features import MODEL_FEATURES, OFFLINE_ZONE, SNAPSHOTS  # noqa: E402
@@ -284,10 +286,11 @@ def test_a_swap_waits_for_a_long_reader_only_so_long_and_keeps_the_day(schema, m
 
 
 def test_a_snapshot_on_s3_is_read_by_the_tasks_and_scored_bit_exact(
-    s3_server, s3_bucket, make_settings, tmp_path, schema, spark
+    spark, s3_server, s3_bucket, make_settings, tmp_path, schema
 ):
-    # The tasks read their slices from the moto server themselves (the Spark workers were started
-    # before this test set the credentials: the store carries the driver's).
+    # The tasks read their slices from S3 themselves, with their own environment's credentials,
+    # given here as executors get them (spark.executorEnv): the Store never carries keys.
+    keys = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     settings = make_settings(
         zone_root=f"s3://{s3_bucket}/zones",
         s3_endpoint_url=s3_server,
@@ -299,7 +302,13 @@ def test_a_snapshot_on_s3_is_read_by_the_tasks_and_scored_bit_exact(
     champion = train_champion(seed=0)
     deploy_model(settings, champion, 1, "champion")
 
-    result = score_day(settings, DAY, run_id="s3", spark=spark)
+    env = spark.sparkContext.environment
+    env.update(keys)
+    try:
+        result = score_day(settings, DAY, run_id="s3", spark=spark)
+    finally:
+        for k in keys:
+            env.pop(k, None)
 
     assert result["tasks"] == 3 and [s["length"] for s in result["slices"]] == [666, 667, 667]
     rows = read_day(db_from_settings(settings), DAY)
@@ -312,3 +321,23 @@ def test_a_snapshot_on_s3_is_read_by_the_tasks_and_scored_bit_exact(
         )
     )
     assert len(rows) == N and rows["score"].tolist() == [want[c] for c in rows["customer_id"]]
+
+
+def test_a_snapshot_rewritten_while_it_is_scored_is_refused_and_the_day_kept(env, schema, spark, monkeypatch):
+    settings, _, _ = env
+    score_day(settings, DAY, run_id="first", spark=spark)
+    db = db_from_settings(settings)
+    before = read_day(db, DAY)
+    planned = batch_module.snapshot_source
+
+    def plan_then_rewrite(*args, **kwargs):  # a features backfill lands after the driver planned
+        source = planned(*args, **kwargs)
+        rewritten = synthetic_snapshot(N + 5, DAY, seed=9)
+        write_partition(zone_store(settings), OFFLINE_ZONE, SNAPSHOTS, DAY, rewritten)
+        return source
+
+    monkeypatch.setattr(batch_module, "snapshot_source", plan_then_rewrite)
+    with pytest.raises(BatchInputError, match="changed while it was being scored"):
+        score_day(settings, DAY, run_id="second", spark=spark)
+    after = read_day(db, DAY)
+    assert after.equals(before) and set(after["run_id"]) == {"first"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -30,6 +32,7 @@ def test_slices_cover_every_row_once_and_never_span_row_groups():
         SnapshotSlice(2, 0, 7),
     ]  # empty groups: no task
     assert plan_slices([], 2) == [] and plan_slices([0], 2) == []
+    assert len(plan_slices([1000, 1000, 1000], 4)) >= 4 and len(plan_slices([3, 3, 3], 4)) >= 4  # at least
 
 
 def test_best_rows_keep_ties_at_the_threshold():
@@ -80,10 +83,13 @@ def test_read_ahead_keeps_order_raises_the_producers_error_and_stops_with_the_co
             produced.append(i)
             yield i
 
-    stream = ahead(counting(), depth=2)
+    threads = threading.active_count()
+    source = counting()
+    stream = ahead(source, depth=2)
     assert next(stream) == 0
     stream.close()  # the consumer gives up (e.g. its COPY failed): the producer stops soon after
     assert len(produced) <= 5
+    assert threading.active_count() == threads and source.gi_frame is None  # thread gone, source closed
 
 
 def test_spark_workers_fork_from_a_daemon_with_the_scorer_preloaded(spark):
