@@ -126,11 +126,9 @@ def feature_date_for(settings: Settings, day: dt.date) -> dt.date:
     return max(usable)
 
 
-def snapshot_source(
-    settings: Settings, feature_date: dt.date, columns: Iterable[str]
-) -> tuple[SnapshotSource, list[int]]:
-    """Where tasks read the snapshot from (only the entity key and ``columns``), and the row
-    count of each of its row groups, from the file's footer (local or S3 alike)."""
+def snapshot_source(settings: Settings, feature_date: dt.date, columns: Iterable[str]) -> SnapshotSource:
+    """Where tasks read the snapshot from (only the entity key and ``columns``), with its size and
+    the row count of each row group, from the file's footer (local or S3 alike)."""
     cfg = settings.batch
     store = zone_store(settings)
     cols = (ENTITY_KEY, *columns)
@@ -141,8 +139,8 @@ def snapshot_source(
     missing = [c for c in cols if c not in meta.schema.names]
     if missing:
         raise BatchInputError(f"{store.uri_of(*parts)} lacks the champion's input column(s) {missing}")
-    groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-    return SnapshotSource(store, path, cols, cfg.arrow_batch_rows, size, tuple(groups)), groups
+    groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    return SnapshotSource(store, path, cols, cfg.arrow_batch_rows, size, groups)
 
 
 # -- driver side -----------------------------------------------------------------------------
@@ -161,9 +159,8 @@ def score_day(
 ) -> dict[str, Any]:
     """Score every active customer for ``day`` and replace the day's predictions.
 
-    Also returns ``slices`` (the snapshot's row ranges, one per task) and ``tasks``.
-
-    Returns ``rows``, ``model_version``, ``top`` (``[(customer_id, score)]``, best first, as
+    Returns ``rows``, ``model_version``, ``tasks``, ``slices`` (the snapshot's row ranges, one per
+    task), ``top`` (``[(customer_id, score)]``, best first, as
     read back from the table), where the inputs came from and ``timings`` (seconds: ``prepare``,
     ``score_and_stage`` (the Spark job), ``publish``, ``summary``, ``task_start`` (from the job's
     submission to its first task running Python); and summed over the tasks, ``read`` (the
@@ -206,11 +203,11 @@ def score_day(
         "scoring %s with %s v%s on the snapshot of %s -> %s",
         day, model.model_name, model.version, feature_date, db.safe_url,
     )  # fmt: skip
-    source, groups = snapshot_source(settings, feature_date, model.feature_names)
-    expected = sum(groups)
+    source = snapshot_source(settings, feature_date, model.feature_names)
+    expected = sum(source.row_groups)
     # A task per slice: per row group by default (the snapshot's one row group up to 1 M
     # customers: one task, whose predict uses every core), or finer when configured.
-    slices = tuple(plan_slices(groups, cfg.partitions))
+    slices = tuple(plan_slices(list(source.row_groups), cfg.partitions))
     threads = max(1, spark.sparkContext.defaultParallelism // max(1, len(slices)))
     parts: list[Any] = []
     try:
