@@ -24,9 +24,9 @@ Feature definitions (windows are ``[D - w days, D)``; "order" = a distinct non-r
 
 Money is summed exactly, as integers of 0.0001 (each line's amount rounded half away from zero
 to 4 decimals, as a decimal cast would: :func:`money_units`), and gap statistics from exact
-integer sums, so a snapshot is bit-identical whether
-computed alone or with many other dates in one pass (bootstrap). Spend is the integer sum over
-10,000 as a double: the double nearest the exact decimal sum.
+integer sums, so a snapshot is bit-identical whether computed alone or with many other dates in
+one pass (bootstrap). Spend is the integer sum over 10,000 as a double: the double nearest the
+exact decimal sum.
 """
 
 from __future__ import annotations
@@ -112,9 +112,9 @@ EVENT_COLUMNS = ("customer_id", "event_time", "order_id", "item_id", "amount", "
 _DAY_S = 86_400
 _MAX_HISTORY_DAYS = 30_000  # (30,000 days in seconds)^2 = 6.7e18 < 2^63: gap-square sums fit a long
 _LISTING_THRESHOLD = "spark.sql.sources.parallelPartitionDiscovery.threshold"
-# Exact money: integer units of 0.0001 (4 decimals hold any price x quantity the sources produce).
-# Long sums rather than DECIMAL(22,4) ones: Spark adds decimals of that size as Java BigDecimals,
-# and its hash aggregation then skips its fast map; longs halved the line-level pass.
+# Exact money: integer units of 0.0001, summed as longs rather than DECIMAL(22,4): Spark adds
+# decimals of that size as Java BigDecimals and its hash aggregation then skips its fast map;
+# longs halved the line-level pass.
 _MONEY_UNITS = 10_000
 
 
