@@ -52,7 +52,7 @@ airflow-db: venv
 setup: venv venv-drift airflow-db
 
 demo: setup
-	$(PY) -m propensity.demo
+	$(PY) -m propensity.cli demo
 
 test: setup venv-mlserver
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
@@ -70,7 +70,7 @@ airflow: setup
 
 # API keys come from the environment; the local default key is only for this machine.
 serve: setup
-	PROPENSITY_API_KEYS=$${PROPENSITY_API_KEYS:-local-dev-key} $(PY) -m propensity.serve
+	PROPENSITY_API_KEYS=$${PROPENSITY_API_KEYS:-local-dev-key} $(PY) -m propensity.cli serve
 
 mlflow: venv
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(ROOT)/data/mlflow.db --host 127.0.0.1 --port 5000

@@ -1,6 +1,6 @@
 """Bench: the prediction API vs ``mlflow models serve`` of the same model, side by side in one run.
 
-Ours: ``python -m propensity.serve`` (uvicorn, one process) on loopback, reading each customer's
+Ours: ``propensity serve`` (uvicorn, one process) on loopback, reading each customer's
 features from Feast with Redis as the online store (the real ``feature_repo/`` definitions and
 FeatureService), scoring the deployed champion in-process, logging the request. The peer:
 ``mlflow models serve`` (one uvicorn worker) of the same booster, registered in MLflow, which only
@@ -75,7 +75,7 @@ def make_model_and_features(features: tuple[str, ...]) -> tuple[Any, dict[str, n
     x = np.column_stack(
         [rng.gamma(1.5, 30.0, n) if "days" in f or "spend" in f else rng.poisson(2.0, n) for f in features]
     ).astype(np.float32)
-    from propensity.features import INT_FEATURES
+    from propensity.features.spec import INT_FEATURES
 
     for j, f in enumerate(features):
         if f in INT_FEATURES:  # stored as Int64 in Feast: the peer must get the same whole numbers
@@ -274,10 +274,10 @@ def main() -> int:
 
     import pandas as pd
 
-    from propensity.deploy import deploy_model
-    from propensity.feature_store import FEATURE_VIEW, feature_store
-    from propensity.features import INT_FEATURES, MODEL_FEATURES
-    from propensity.settings import Settings
+    from propensity.core.settings import Settings
+    from propensity.features.spec import FEATURE_VIEW, INT_FEATURES, MODEL_FEATURES
+    from propensity.features.store import feature_store
+    from propensity.serving.deploy import deploy_model
 
     work = Path(tempfile.mkdtemp(prefix="bench_api_"))
     host, port_redis = REDIS.split(":")
@@ -347,7 +347,7 @@ def main() -> int:
     pressure = [cpu_pressure()]
     try:
         api = subprocess.Popen(
-            [PY, "-m", "propensity.serve"],
+            [PY, "-m", "propensity.cli", "serve"],
             env={**env, "PROPENSITY_SERVING__PORT": str(api_port)},
             start_new_session=True,
             stdout=subprocess.DEVNULL,
@@ -416,7 +416,7 @@ def main() -> int:
         f"API bench: {args.requests} single-customer requests x {args.rounds} rounds per level and server, "
         f"loopback, {os.cpu_count()} cores"
     )
-    print("ours: propensity.serve (uvicorn, 1 process) + Feast/Redis features + in-process XGBoost")
+    print("ours: propensity serve (uvicorn, 1 process) + Feast/Redis features + in-process XGBoost")
     print("peer: mlflow models serve (1 worker), features sent inline (model only)")
     print("client: asyncio closed loop, keep-alive, pre-built requests (the same for both)")
     print(

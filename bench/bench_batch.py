@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_batch.py [--customers 1000000] [--pg postgresql://postgres@127.0.0.1:5432/test]
 
-* end to end: ``propensity.batch.score_day`` reading a stored 1 M-customer snapshot, scoring it in
+* end to end: ``propensity.batch.scoring.score_day`` reading a stored 1 M-customer snapshot, scoring it in
   Spark (``spark.master`` from config; the session is started before the clock, as an Airflow
   task starts it once per run, but the job's first-use costs (Python workers, imports, model
   load, JIT) are inside it), staging via COPY and swapping the day into Postgres (a schema of its
@@ -48,14 +48,13 @@ def main() -> int:
     import psycopg
     from batch_data import DAY, synthetic_snapshot, train_champion
 
-    from propensity.batch import score_day
-    from propensity.collect import zone_store
-    from propensity.deploy import deploy_model
-    from propensity.features import MODEL_FEATURES, OFFLINE_ZONE, SNAPSHOTS
-    from propensity.settings import Settings, _deep_merge, _YamlProfiles
-    from propensity.spark import spark_session
-    from propensity.storage import write_partition
-    from propensity.train import matrix
+    from propensity.batch.scoring import score_day
+    from propensity.core.settings import Settings, _deep_merge, _YamlProfiles
+    from propensity.core.spark import spark_session
+    from propensity.core.storage import write_partition
+    from propensity.core.zones import SNAPSHOTS, zone_store
+    from propensity.features.spec import MODEL_FEATURES, matrix
+    from propensity.serving.deploy import deploy_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     schema = f"bench_{uuid.uuid4().hex[:10]}"
@@ -79,7 +78,7 @@ def main() -> int:
     print(f"model: {booster.num_boosted_rounds()} trees, max_depth {params['max_depth']}", flush=True)
     deploy_model(settings, booster, 1, "champion")
     snapshot = synthetic_snapshot(n, DAY)
-    write_partition(zone_store(settings), OFFLINE_ZONE, SNAPSHOTS, DAY, snapshot)
+    write_partition(zone_store(settings), *SNAPSHOTS, DAY, snapshot)
     frame = snapshot.to_pandas()
     x = matrix(frame, MODEL_FEATURES)
 

@@ -1,7 +1,7 @@
 """Bench: the whole drift check vs a plain ``scipy.stats.ks_2samp`` loop, from one run.
 
 20 numeric features, 100,000 reference rows and 100,000 current rows (seeded). Ours is
-``propensity.drift.data_drift`` (alibi-detect KSDrift per feature, the correction, PSI and
+``propensity.monitoring.detectors.data_drift`` (alibi-detect KSDrift per feature, the correction, PSI and
 normalised Wasserstein) plus the score's prediction drift, run warm inside the drift venv;
 the peer is a bare KS loop over the same arrays in the same process. The external-python
 cost (a fresh drift-venv interpreter importing alibi-detect, as ``@task.external_python``
@@ -29,7 +29,7 @@ INNER = r"""
 import json, sys, time, statistics
 import numpy as np
 from scipy.stats import ks_2samp
-from propensity.drift import data_drift, prediction_drift
+from propensity.monitoring.detectors import data_drift, prediction_drift
 
 N, F, REPEAT = 100_000, 20, 5
 rng = np.random.default_rng(0)
@@ -55,7 +55,7 @@ print(json.dumps({"ours_s": statistics.median(t_ours), "peer_s": statistics.medi
                   "drifted": r["drifted_features"]}))
 """
 
-STARTUP = "import time; t = time.perf_counter(); import propensity.drift; from alibi_detect.cd import KSDrift"
+STARTUP = "import time; t = time.perf_counter(); import propensity.monitoring.detectors; from alibi_detect.cd import KSDrift"
 
 
 def main() -> None:
@@ -69,7 +69,7 @@ def main() -> None:
         starts.append(time.perf_counter() - t)
     ours, peer = figures["ours_s"], figures["peer_s"]
     print("drift check, 20 features + score, 100,000 reference vs 100,000 current rows (median of 5)")
-    print(f"  ours  propensity.drift (alibi KSDrift + Bonferroni + PSI + W1/sd): {ours:.3f} s")
+    print(f"  ours  propensity.monitoring.detectors (alibi KSDrift + Bonferroni + PSI + W1/sd): {ours:.3f} s")
     print(f"  peer  plain scipy.stats.ks_2samp loop:                          {peer:.3f} s")
     print(f"  ratio ours/peer: {ours / peer:.2f}x   (drifted: {figures['drifted']})")
     print(

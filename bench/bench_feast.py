@@ -5,7 +5,7 @@ Usage: python bench/bench_feast.py [--customers 50000] [--calls 1000] [--redis 1
 A synthetic snapshot of ``--customers`` rows (the real snapshot schema, seeded values) is written
 to a temporary offline zone. Ours: ``materialize_dates`` (what the features DAG runs: Feast reads
 the Parquet snapshot and keeps the latest row per customer; the project's batch engine,
-``propensity.feast_fast``, serializes from Arrow and writes Redis). Peer: redis-py writing the very
+``propensity.features.feast_redis``, serializes from Arrow and writes Redis). Peer: redis-py writing the very
 hashes ours wrote (read back byte for byte) to other keys, in pipelines of 1,000. Reference, no
 goal: Feast's stock path (its local engine: protobuf per value, ``online_write_batch``) on the same
 rows into another project, whose hashes must equal ours byte for byte. Then 1,000 lookups of one
@@ -29,17 +29,11 @@ import numpy as np
 import pyarrow as pa
 from benchline import bench_line
 
-from propensity.collect import zone_store
-from propensity.feature_store import FEATURE_VIEW, feature_store, materialize_dates, online_features
-from propensity.features import (
-    INT_FEATURES,
-    MODEL_FEATURES,
-    OFFLINE_ZONE,
-    SNAPSHOT_SCHEMA,
-    SNAPSHOTS,
-)
-from propensity.settings import Settings, _deep_merge, _YamlProfiles
-from propensity.storage import write_partition
+from propensity.core.settings import Settings, _deep_merge, _YamlProfiles
+from propensity.core.storage import write_partition
+from propensity.core.zones import SNAPSHOTS, zone_store
+from propensity.features.spec import FEATURE_VIEW, INT_FEATURES, MODEL_FEATURES, SNAPSHOT_SCHEMA
+from propensity.features.store import feature_store, materialize_dates, online_features
 
 AS_OF = dt.date(2011, 12, 10)
 RAW_PREFIX = b"bench-raw:"
@@ -112,7 +106,7 @@ def main() -> None:
     )
     try:
         write_partition(
-            zone_store(settings), OFFLINE_ZONE, SNAPSHOTS, AS_OF, synthetic_snapshot(args.customers)
+            zone_store(settings), *SNAPSHOTS, AS_OF, synthetic_snapshot(args.customers)
         )
         store = feature_store(settings, apply=True)
         feature_store(stock_settings, apply=True, engine="stock")

@@ -34,14 +34,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from benchline import bench_line
 
-from propensity.collect import collect, zone_store
-from propensity.settings import Settings, _deep_merge, _YamlProfiles
-from propensity.storage import list_partitions, partition_exists, read_partition, write_partition
+from propensity.core.settings import Settings, _deep_merge, _YamlProfiles
+from propensity.core.storage import list_partitions, partition_exists, read_partition, write_partition
+from propensity.core.zones import RAW_EVENTS, VALIDATED_EVENTS, zone_store
+from propensity.ingest.collect import collect
 
 FIRST, LAST = dt.date(2010, 12, 1), dt.date(2011, 12, 9)
 GOAL_RATIO = 3.0
 
-# The features of propensity.features.customer_features, in DuckDB SQL. Same definitions, same
+# The features of propensity.features.job.customer_features, in DuckDB SQL. Same definitions, same
 # exact arithmetic: money summed as integer units of 0.0001, gap statistics from integer sums.
 PEER_SQL = """
 WITH lines AS (
@@ -141,22 +142,22 @@ def prepare(settings: Settings) -> None:
     store = zone_store(settings)
     day = FIRST
     while day <= LAST:
-        if not partition_exists(store, "validated", "events", day):
+        if not partition_exists(store, *VALIDATED_EVENTS, day):
             start = dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC)
             collect(settings, start, start + dt.timedelta(days=1))
-            raw = read_partition(store, "raw", "events", day)
+            raw = read_partition(store, *RAW_EVENTS, day)
             kinds = pa.array(["product"] * raw.num_rows, pa.string())
-            write_partition(store, "validated", "events", day, raw.append_column("line_kind", kinds))
+            write_partition(store, *VALIDATED_EVENTS, day, raw.append_column("line_kind", kinds))
         day += dt.timedelta(days=1)
 
 
 def scale_up(source: Settings, target: Settings, factor: int) -> None:
     """Every validated day of ``source`` ``factor`` times: copy k gets ids suffixed ``~k``."""
     src, dst = zone_store(source), zone_store(target)
-    for day in list_partitions(src, "validated", "events"):
-        if partition_exists(dst, "validated", "events", day):
+    for day in list_partitions(src, *VALIDATED_EVENTS):
+        if partition_exists(dst, *VALIDATED_EVENTS, day):
             continue
-        table = read_partition(src, "validated", "events", day)
+        table = read_partition(src, *VALIDATED_EVENTS, day)
         copies = [table]
         for k in range(1, factor):
             copy = table
@@ -164,18 +165,18 @@ def scale_up(source: Settings, target: Settings, factor: int) -> None:
                 i = copy.schema.get_field_index(col)
                 copy = copy.set_column(i, col, pc.binary_join_element_wise(copy[col], f"{k}", "~"))
             copies.append(copy)
-        write_partition(dst, "validated", "events", day, pa.concat_tables(copies))
+        write_partition(dst, *VALIDATED_EVENTS, day, pa.concat_tables(copies))
 
 
 def peer_features(settings: Settings, as_of: Sequence[dt.date], threads: int) -> tuple[pa.Table, float]:
     """The snapshot rows of ``as_of`` computed by DuckDB from the same validated files; seconds."""
     import duckdb
 
-    from propensity.features import validated_days_needed
+    from propensity.features.job import validated_days_needed
 
     store = zone_store(settings)
     days, _, _ = validated_days_needed(store, as_of, settings.features.history_days)
-    paths = [store.path("validated", "events", f"date={d.isoformat()}", "part-0.parquet") for d in days]
+    paths = [store.path(*VALIDATED_EVENTS, f"date={d.isoformat()}", "part-0.parquet") for d in days]
     t0 = time.perf_counter()
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}")
@@ -195,7 +196,7 @@ def check_peer(ours: pa.Table, peer: pa.Table, sample: int = 500) -> str:
     """Every feature of a random sample of customers: integers exactly, floats to 1e-12.
 
     (DuckDB has no log1p: ``ln(1 + x)`` may differ from Spark's in the last bits.)"""
-    from propensity.features import INT_FEATURES, MODEL_FEATURES
+    from propensity.features.spec import INT_FEATURES, MODEL_FEATURES
 
     mine = {r["customer_id"]: r for r in ours.to_pylist()}
     theirs = {r["customer_id"]: r for r in peer.to_pylist()}
@@ -225,7 +226,7 @@ def line_level_floor(spark, settings: Settings, as_of: dt.date) -> float:
     items over 90 days. The feature job cannot be faster than this on the same session."""
     from pyspark.sql import functions as F
 
-    from propensity.features import money_units, product_events, read_validated, validated_days_needed
+    from propensity.features.job import money_units, product_events, read_validated, validated_days_needed
 
     store = zone_store(settings)
     days, _, _ = validated_days_needed(store, [as_of], settings.features.history_days)
@@ -253,8 +254,8 @@ def run_one(settings: Settings, as_of: dt.date, threads: int, jit: str, floor: b
     ``jit``: ``quick`` (the session's default, client compiler only) or ``full`` (tiered, the
     JVM's default). Each figure carries the 1-minute load average before and after it.
     """
-    from propensity.features import compute_features, read_snapshot
-    from propensity.spark import QUICK_JIT, spark_session
+    from propensity.core.spark import QUICK_JIT, spark_session
+    from propensity.features.job import compute_features, read_snapshot
 
     t0 = time.perf_counter()
     spark = spark_session(
@@ -293,8 +294,8 @@ def run_one(settings: Settings, as_of: dt.date, threads: int, jit: str, floor: b
         "peer": min(peer_runs),
         "customers": ours.num_rows,
         "events": sum(
-            pq.ParquetFile(store.path("validated", "events", f"date={d}", "part-0.parquet")).metadata.num_rows
-            for d in list_partitions(store, "validated", "events")
+            pq.ParquetFile(store.path(*VALIDATED_EVENTS, f"date={d}", "part-0.parquet")).metadata.num_rows
+            for d in list_partitions(store, *VALIDATED_EVENTS)
         ),
         "guard": check_peer(ours, peer.drop_columns(["as_of"])),
     }
@@ -382,7 +383,7 @@ def main() -> None:
         )
         print(bench_line(figure, r["floor"], r["peer"], None, None, "s"))
     # Warm figures first; the last line is the issue's figure: 5M rows, what a DAG run pays.
-    # The full-JIT run (not what the DAG runs) shows the JIT trade-off of propensity.spark.
+    # The full-JIT run (not what the DAG runs) shows the JIT trade-off of propensity.core.spark.
     order = [f"{scaled}, full JIT", "real year", scaled]
     for run, words in (("spark_warm", "warm JVM"), ("spark_first", "first job of a fresh JVM")):
         for label in order:

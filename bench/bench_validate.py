@@ -3,7 +3,7 @@
 One run measures, side by side, on one real day of the Online Retail export and on a synthetic
 day of 1,000,000 lines (1% of them broken in the ways the suite catches):
 
-* ``gx pandas``: the suite of ``propensity.expectations`` on a pandas DataFrame (what the
+* ``gx pandas``: the suite of ``propensity.ingest.expectations`` on a pandas DataFrame (what the
   ``validate`` task runs, minus file I/O and Data Docs), plus the row verdict (``decide``);
 * ``hand pandas``: the same row checks, dedup and batch metrics written directly in pandas;
 * ``gx spark``: the same suite on a Spark DataFrame (local[2]) where GE supports it.
@@ -37,12 +37,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from benchline import bench_line
 
-from propensity.collect import collect, zone_store
-from propensity.expectations import PRODUCT, build_checks
-from propensity.schema import EVENT_COLUMNS, RAW_SCHEMA
-from propensity.settings import Settings, get_settings
-from propensity.storage import read_partition
-from propensity.validate import DUPLICATE_KEY, decide, events_frame, learn_bands, run_suite
+from propensity.core.schema import EVENT_COLUMNS, RAW_SCHEMA
+from propensity.core.settings import Settings, get_settings
+from propensity.core.storage import read_partition
+from propensity.core.zones import RAW_EVENTS, zone_store
+from propensity.ingest.collect import collect
+from propensity.ingest.expectations import PRODUCT, build_checks
+from propensity.ingest.validate import DUPLICATE_KEY, decide, events_frame, learn_bands, run_suite
 
 REAL_DAY = dt.date(2011, 11, 14)  # a Monday in the busy season: ~2,000-5,000 lines
 
@@ -120,7 +121,7 @@ def same_verdict(frame: pd.DataFrame, checks, gx: Any, hand: dict[str, Any]) -> 
 def real_day(settings: Settings) -> pd.DataFrame:
     start = dt.datetime.combine(REAL_DAY, dt.time(0), tzinfo=dt.UTC)
     collect(settings, start, start + dt.timedelta(days=1))
-    return events_frame(read_partition(zone_store(settings), "raw", "events", REAL_DAY), settings)
+    return events_frame(read_partition(zone_store(settings), *RAW_EVENTS, REAL_DAY), settings)
 
 
 def synthetic_day(settings: Settings, n: int, day: dt.date) -> pd.DataFrame:
@@ -205,7 +206,7 @@ def main() -> None:
 
         spark = None
         if not args.no_spark:
-            from propensity.spark import spark_session
+            from propensity.core.spark import spark_session
 
             spark = spark_session(master="local[2]", app_name="bench-validate", shuffle_partitions=4)
             spark.sparkContext.setLogLevel("ERROR")

@@ -25,7 +25,7 @@ import datetime as dt
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from propensity.assets import customer_features
+from propensity.core.assets import customer_features
 
 
 @dag(
@@ -50,8 +50,8 @@ def batch_inference() -> None:
     def score_customers(triggering_asset_events=None) -> list[dict]:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from propensity.batch import NoChampionDeployed, days_to_score, score_day
-        from propensity.settings import get_settings
+        from propensity.batch.scoring import NoChampionDeployed, days_to_score, score_day
+        from propensity.core.settings import get_settings
 
         ctx = get_current_context()
         as_of = [

@@ -57,16 +57,16 @@ def _range() -> tuple[dt.date, dt.date, dt.date | None]:
 def bootstrap() -> None:
     @task
     def ingest_history() -> dict:
-        from propensity.bootstrap import ingest_history as run
-        from propensity.settings import get_settings
+        from propensity.core.settings import get_settings
+        from propensity.features.bootstrap import ingest_history as run
 
         first, last, _ = _range()
         return run(get_settings(), first, last, data_docs=get_current_context()["params"]["data_docs"])
 
     @task
     def history_features() -> dict:
-        from propensity.bootstrap import history_features as run
-        from propensity.settings import get_settings
+        from propensity.core.settings import get_settings
+        from propensity.features.bootstrap import history_features as run
 
         return run(get_settings(), *_range())
 

@@ -35,7 +35,7 @@ import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
 
-from propensity.timetables import DailyUtcTimetable
+from propensity.core.timetables import DailyUtcTimetable
 
 # Only an environment read at parse time: the interpreter of the drift venv (numpy<2).
 DRIFT_PYTHON = os.environ.get(
@@ -56,24 +56,24 @@ DRIFT_PYTHON = os.environ.get(
 def drift() -> None:
     @task
     def load_window(data_interval_start=None, data_interval_end=None) -> dict:
-        from propensity.collect import day_of_interval
-        from propensity.drift_data import load_window
-        from propensity.settings import get_settings
+        from propensity.core.settings import get_settings
+        from propensity.core.timeutil import day_of_interval
+        from propensity.monitoring.window import load_window
 
         return load_window(get_settings(), day_of_interval(data_interval_start, data_interval_end))
 
     @task.external_python(python=DRIFT_PYTHON, expect_airflow=False)
     def detect_drift(manifest: dict) -> dict:
         # Runs in the drift venv: the source is shipped there, so it imports everything itself.
-        from propensity.drift import run_checks_from_files
+        from propensity.monitoring.detectors import run_checks_from_files
 
         return run_checks_from_files(manifest)
 
     @task
     def decide(checks: dict, data_interval_start=None, data_interval_end=None) -> dict:
-        from propensity.collect import day_of_interval
-        from propensity.drift_policy import decide_and_record_for
-        from propensity.settings import get_settings
+        from propensity.core.settings import get_settings
+        from propensity.core.timeutil import day_of_interval
+        from propensity.monitoring.policy import decide_and_record_for
 
         return decide_and_record_for(
             get_settings(), day_of_interval(data_interval_start, data_interval_end), checks
@@ -81,20 +81,20 @@ def drift() -> None:
 
     @task
     def write_report(manifest: dict, checks: dict, verdict: dict) -> dict:
-        from propensity.drift_report import publish_report
-        from propensity.settings import get_settings
+        from propensity.core.settings import get_settings
+        from propensity.monitoring.report import publish_report
 
         return publish_report(get_settings(), manifest, checks, verdict)
 
     @task.short_circuit
     def retrain_needed(verdict: dict, report: dict) -> dict | None:
-        from propensity.drift_policy import training_conf
+        from propensity.monitoring.policy import training_conf
 
         return training_conf(verdict, report)
 
     @task
     def alert_drift(verdict: dict, report: dict) -> bool:
-        from propensity.drift_report import notify_drift
+        from propensity.monitoring.report import notify_drift
 
         return notify_drift(verdict, report)
 

@@ -21,7 +21,7 @@ asset-triggered run computes V + 1 for each validated day V it was triggered by.
 either the old file or the new one. A scheduled run that starts before `ingest` published the
 day fails the same way and succeeds on retry.
 Backfill: `airflow backfill create --dag-id features --from-date 2011-03-01 --to-date 2011-03-31`.
-Bootstrap a year in one Spark pass: `python -m propensity.features 2011-01-01 2011-12-09 --every 7`.
+Bootstrap a year in one Spark pass: `propensity features 2011-01-01 2011-12-09 --every 7`.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import pendulum
 from airflow.sdk import dag, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 
-from propensity.assets import customer_features, validated_events
-from propensity.timetables import DailyUtcTimetable
+from propensity.core.assets import customer_features, validated_events
+from propensity.core.timetables import DailyUtcTimetable
 
 
 @dag(
@@ -50,8 +50,8 @@ from propensity.timetables import DailyUtcTimetable
 def features() -> None:
     @task
     def compute_features(triggering_asset_events=None, data_interval_end=None) -> dict:
-        from propensity.features import compute_features_for_run
-        from propensity.settings import get_settings
+        from propensity.core.settings import get_settings
+        from propensity.features.job import compute_features_for_run
 
         days = [
             event.extra["day"]
@@ -65,8 +65,8 @@ def features() -> None:
     def materialize_features(computed: dict, outlet_events=None) -> dict:
         import datetime as dt
 
-        from propensity.feature_store import materialize_dates
-        from propensity.settings import get_settings
+        from propensity.core.settings import get_settings
+        from propensity.features.store import materialize_dates
 
         dates = [dt.date.fromisoformat(d) for d in computed["as_of"]]
         result = materialize_dates(get_settings(), dates)

@@ -6,7 +6,7 @@ Runs daily over the UTC day `[data_interval_start, data_interval_end)`.
 1. **collect_events**: reads the configured source (a historical export replayed a day at a
    time, or a landing zone of daily files), maps its columns to the canonical event schema and
    writes `raw/events/date=D/` atomically. Re-running a day replaces the partition exactly.
-2. **validate_events**: runs the Great Expectations suite (`propensity.expectations`) on the day.
+2. **validate_events**: runs the Great Expectations suite (`propensity.ingest.expectations`) on the day.
    Bad rows go to `quarantine/events/date=D/` with the name of every failed check, exact copies
    are removed and counted, good rows go to `validated/events/date=D/`. Writes
    `reports/validation/date=D/summary.json` and Data Docs (link in the task log).
@@ -17,7 +17,7 @@ Runs daily over the UTC day `[data_interval_start, data_interval_end)`.
 wrong format, missing column). A failed `validate_events` lists the batch checks that failed with
 observed and expected values (volume for the weekday, share of guests, median sale, share of
 quarantined or duplicated lines) and links the Data Docs; an alert is raised through
-`propensity.alerts`, nothing is published and downstream DAGs do not run for that day. It does
+`propensity.core.alerts`, nothing is published and downstream DAGs do not run for that day. It does
 not retry: the same data gives the same verdict. Fix the source, then clear `collect_events`:
 the re-run publishes normally. Raw data is never modified by validation.
 Backfill: `airflow backfill create --dag-id ingest --from-date 2011-03-01 --to-date 2011-03-31`.
@@ -30,9 +30,9 @@ import datetime as dt
 import pendulum
 from airflow.sdk import dag, task
 
-from propensity.alerts import AlertNotifier
-from propensity.assets import validated_events
-from propensity.timetables import DailyUtcTimetable
+from propensity.core.alerts import AlertNotifier
+from propensity.core.assets import validated_events
+from propensity.core.timetables import DailyUtcTimetable
 
 
 @dag(
@@ -53,8 +53,8 @@ from propensity.timetables import DailyUtcTimetable
 def ingest() -> None:
     @task
     def collect_events(data_interval_start=None, data_interval_end=None) -> dict:
-        from propensity.collect import collect
-        from propensity.settings import get_settings
+        from propensity.core.settings import get_settings
+        from propensity.ingest.collect import collect
 
         return collect(get_settings(), data_interval_start, data_interval_end).as_dict()
 
@@ -62,8 +62,8 @@ def ingest() -> None:
     def validate_events(data_interval_start=None, data_interval_end=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from propensity.settings import get_settings
-        from propensity.validate import ValidationFailed, validate
+        from propensity.core.settings import get_settings
+        from propensity.ingest.validate import ValidationFailed, validate
 
         try:
             summary = validate(get_settings(), data_interval_start, data_interval_end)
@@ -74,8 +74,8 @@ def ingest() -> None:
 
     @task(outlets=[validated_events])
     def publish_events(data_interval_start=None, data_interval_end=None, outlet_events=None) -> dict:
-        from propensity.settings import get_settings
-        from propensity.validate import publish
+        from propensity.core.settings import get_settings
+        from propensity.ingest.validate import publish
 
         published = publish(get_settings(), data_interval_start, data_interval_end)
         outlet_events[validated_events].extra = {"day": published["day"]}

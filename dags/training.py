@@ -36,7 +36,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 
 def _as_of() -> dt.date:
-    from propensity.training_pipeline import resolve_as_of
+    from propensity.training.steps import resolve_as_of
 
     ctx = get_current_context()
     end = ctx.get("data_interval_end") or ctx["dag_run"].run_after
@@ -44,7 +44,7 @@ def _as_of() -> dt.date:
 
 
 def _settings():
-    from propensity.settings import get_settings
+    from propensity.core.settings import get_settings
 
     return get_settings()
 
@@ -80,13 +80,13 @@ def training() -> None:
 
     @task
     def build_training_set() -> dict:
-        from propensity.training_pipeline import prepare_training_set
+        from propensity.training.steps import prepare_training_set
 
         return prepare_training_set(_settings(), _as_of())
 
     @task
     def train_model(training_set: dict) -> dict:
-        from propensity.training_pipeline import train_challenger
+        from propensity.training.steps import train_challenger
 
         ctx = get_current_context()
         conf = ctx["dag_run"].conf or {}
@@ -94,31 +94,31 @@ def training() -> None:
 
     @task
     def evaluate_model(run: dict) -> dict:
-        from propensity.training_pipeline import evaluate_challenger
+        from propensity.training.steps import evaluate_challenger
 
         return evaluate_challenger(_settings(), _as_of(), run)
 
     @task
     def register_challenger(run: dict, comparison: dict) -> str:
-        from propensity.training_pipeline import register_challenger as register
+        from propensity.training.steps import register_challenger as register
 
         return register(_settings(), _as_of(), run, comparison)
 
     @task
     def shadow_test(version: str) -> dict:
-        from propensity.training_pipeline import shadow_challenger
+        from propensity.training.steps import shadow_challenger
 
         return shadow_challenger(_settings(), _as_of(), version)
 
     @task
     def gate_model(version: str, run: dict, comparison: dict, shadow: dict) -> dict:
-        from propensity.training_pipeline import gate_challenger
+        from propensity.training.steps import gate_challenger
 
         return gate_challenger(_settings(), _as_of(), version, run, comparison, shadow)
 
     @task
     def promote_model(version: str, report: dict) -> dict:
-        from propensity.training_pipeline import promote_challenger
+        from propensity.training.steps import promote_challenger
 
         params = get_current_context()["params"]
         return promote_challenger(
@@ -127,13 +127,13 @@ def training() -> None:
 
     @task
     def rollback_champion() -> dict:
-        from propensity.training_pipeline import rollback_champion as rollback
+        from propensity.training.steps import rollback_champion as rollback
 
         return rollback(_settings(), _as_of(), reason=get_current_context()["params"]["reason"])
 
     @task(trigger_rule="none_failed_min_one_success")
     def deploy_champion() -> dict:
-        from propensity.training_pipeline import deploy_champion as deploy
+        from propensity.training.steps import deploy_champion as deploy
 
         return deploy(_settings(), _as_of())
 

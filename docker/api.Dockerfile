@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# The prediction API: `python -m propensity.serve` (uvicorn) on the laptop's pins, no Java, no Airflow
+# The prediction API: `propensity serve` (uvicorn) on the laptop's pins, no Java, no Airflow
 # processes. Stateless: features come from Redis, the model from Triton, the log goes to S3.
 #
 #   docker build -f docker/api.Dockerfile -t propensity-api:0.1.0 .
@@ -37,4 +37,4 @@ RUN useradd --uid 50001 --gid 0 --no-create-home propensity \
 USER 50001
 
 EXPOSE 8000
-CMD ["python", "-m", "propensity.serve"]
+CMD ["python", "-m", "propensity.cli", "serve"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from feast import FileSource
 
-from propensity.feature_store import active_settings, offline_source_location
+from propensity.features.store import active_settings, offline_source_location
 
 # Local folder or s3:// with the endpoint of MinIO/moto, as the settings profile says.
 _location = offline_source_location(active_settings())

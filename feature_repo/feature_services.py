@@ -9,5 +9,5 @@ from feature_views import customer_features
 propensity_v1 = FeatureService(
     name="propensity_v1",
     features=[customer_features],
-    description="Purchase propensity model v1: propensity.features.MODEL_FEATURES + country.",
+    description="Purchase propensity model v1: propensity.features.job.MODEL_FEATURES + country.",
 )

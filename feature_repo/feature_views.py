@@ -9,8 +9,8 @@ from entities import customer
 from feast import FeatureView, Field
 from feast.types import Float64, Int64, String
 
-from propensity.feature_store import active_settings
-from propensity.features import INT_FEATURES, MODEL_FEATURES
+from propensity.features.spec import INT_FEATURES, MODEL_FEATURES
+from propensity.features.store import active_settings
 
 customer_features = FeatureView(
     name="customer_features",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from propensity.timetables import DailyUtcTimetable
+from propensity.core.timetables import DailyUtcTimetable
 
 
 class PropensityPlugin(AirflowPlugin):

@@ -37,7 +37,7 @@ def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     ``make_settings(**{"source": {...}})`` deep-merges into the YAML defaults via the
     environment-free init path, so tests never depend on the caller's environment.
     """
-    from propensity.settings import Settings, get_settings
+    from propensity.core.settings import Settings, get_settings
 
     for key in list(os.environ):
         if key.startswith("PROPENSITY_") and key not in ("PROPENSITY_HOME", "PROPENSITY_DRIFT_PYTHON"):
@@ -45,7 +45,7 @@ def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     get_settings.cache_clear()
 
     def factory(**overrides) -> Settings:
-        from propensity.settings import _deep_merge, _YamlProfiles
+        from propensity.core.settings import _deep_merge, _YamlProfiles
 
         base = _YamlProfiles(Settings)()
         base["zone_root"] = str(tmp_path / "zones")
@@ -70,7 +70,7 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def spark() -> Iterator:
     """A local[1] Spark session shared by the session's tests."""
-    from propensity.spark import spark_session
+    from propensity.core.spark import spark_session
 
     session = spark_session(master="local[1]", app_name="propensity-tests", shuffle_partitions=1)
     yield session

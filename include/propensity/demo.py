@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from propensity.core.zones import SNAPSHOTS, VALIDATED_EVENTS
+
 log = logging.getLogger("propensity.demo")
 
 FIRST_DAY = dt.date(2010, 12, 1)
@@ -53,7 +55,7 @@ def load_dag(dag_id: str, *, fresh: bool = False):
     global _BAG
     from airflow.dag_processing.dagbag import DagBag
 
-    from propensity.settings import project_home
+    from propensity.core.settings import project_home
 
     if _BAG is None or fresh:
         _BAG = DagBag(dag_folder=str(project_home() / "dags"), safe_mode=False)
@@ -89,7 +91,7 @@ def airflow_output_to(log_file: Path):
 
 
 def log_file() -> Path:
-    from propensity.settings import project_home
+    from propensity.core.settings import project_home
 
     return project_home() / "logs" / "demo.log"
 
@@ -128,12 +130,12 @@ def run_dag(dag_id: str, day: dt.date | None, conf: dict | None = None, progress
 
 def zone_progress(settings) -> str:
     """Days validated and snapshots written so far (read from the zone itself)."""
-    from propensity.collect import zone_store
-    from propensity.storage import list_partitions
+    from propensity.core.storage import list_partitions
+    from propensity.core.zones import zone_store
 
     store = zone_store(settings)
-    validated = list_partitions(store, "validated", "events")
-    snapshots = list_partitions(store, "offline", "customer_features")
+    validated = list_partitions(store, *VALIDATED_EVENTS)
+    snapshots = list_partitions(store, *SNAPSHOTS)
     last = validated[-1].isoformat() if validated else "-"
     return f"validated days: {len(validated)} (up to {last}); feature snapshots: {len(snapshots)}"
 
@@ -204,7 +206,7 @@ def serve_requests(settings, customers: list[str]) -> list[dict]:
     port = _free_port()
     env = os.environ | {"PROPENSITY_API_KEYS": "demo-key", "PROPENSITY_SERVING__PORT": str(port)}
     with open(log_file(), "a") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "propensity.serve"], env=env, stdout=sink, stderr=sink)
+        proc = subprocess.Popen([sys.executable, "-m", "propensity.cli", "serve"], env=env, stdout=sink, stderr=sink)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
@@ -244,8 +246,8 @@ def _free_port() -> int:
 
 def print_summary(settings, summary: dict[str, Any]) -> None:
     """Row counts per stage, the models beside their baselines, the drift verdicts."""
-    from propensity.collect import zone_store
-    from propensity.storage import list_partitions
+    from propensity.core.storage import list_partitions
+    from propensity.core.zones import zone_store
 
     store = zone_store(settings)
     counts = (summary.get("bootstrap") or {}).get("ingest", {}).get("counts", {})
@@ -256,8 +258,8 @@ def print_summary(settings, summary: dict[str, Any]) -> None:
         ("validated rows", counts.get("validated")),
         ("quarantined rows", counts.get("quarantined")),
         ("exact duplicates removed", counts.get("duplicates_removed")),
-        ("validated days (all runs)", len(list_partitions(store, "validated", "events"))),
-        ("feature snapshots", len(list_partitions(store, "offline", "customer_features"))),
+        ("validated days (all runs)", len(list_partitions(store, *VALIDATED_EVENTS))),
+        ("feature snapshots", len(list_partitions(store, *SNAPSHOTS))),
         ("customers scored in batch", (summary.get("batch") or {}).get("rows")),
         ("API requests answered", (summary.get("serve") or {}).get("ok")),
         (
@@ -303,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     _quiet_airflow()
 
-    from propensity.datasets import ensure_source
-    from propensity.settings import get_settings
+    from propensity.core.settings import get_settings
+    from propensity.ingest.datasets import ensure_source
 
     settings = get_settings()
     source_path = ensure_source(settings)
@@ -377,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  state {state}; gate {'PROMOTE' if first_gate.get('passed') else 'REFUSE'} ({first_gate.get('mode')})"
         )
-        from propensity.training_pipeline import champion_summary
+        from propensity.training.steps import champion_summary
 
         champ = champion_summary(settings)
         summary["first_champion"] = champ
@@ -401,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  state {batch_state}: {batch.get('rows')} rows written with model v{batch.get('model_version')}"
         )
-        from propensity.predictions_db import day_summary, db_from_settings
+        from propensity.batch.predictions_db import day_summary, db_from_settings
 
         # Read back from the predictions table, as a downstream team would.
         for cid, score in day_summary(db_from_settings(settings), LAST_DAY + dt.timedelta(days=1), top_n=5)[
@@ -412,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.start_at <= 5:
         t = step(5, steps, "serve: the prediction API answers real customers")
-        from propensity.features import read_snapshot
+        from propensity.features.job import read_snapshot
 
         snap = read_snapshot(settings, LAST_DAY + dt.timedelta(days=1)).to_pandas()
         customers = snap["customer_id"].head(20).tolist() + ["no-such-customer"]
@@ -477,8 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     done(t, "drift done")
 
     step(7, steps, "summary")
-    from propensity.evaluate import render_markdown
-    from propensity.training_pipeline import champion_summary
+    from propensity.training.gate import render_markdown
+    from propensity.training.steps import champion_summary
 
     for r in retrain:
         if r["gate"].get("checks"):

@@ -48,10 +48,10 @@ TRAINING_OVERRIDES = {
 # their own doctests and exit.
 SEED_SCRIPT = """
 import datetime as dt, sys
-from propensity.features import compute_features
-from propensity.settings import get_settings
-from propensity.train import plan_cutoffs
-from propensity.validate import collect_and_validate
+from propensity.features.job import compute_features
+from propensity.core.settings import get_settings
+from propensity.training.train import plan_cutoffs
+from propensity.ingest.validate import collect_and_validate
 
 first, last, as_of = (dt.date.fromisoformat(a) for a in sys.argv[1:4])
 settings = get_settings()

@@ -30,6 +30,8 @@ import pyarrow.parquet as pq
 import pytest
 from e2e_airflow import ROOT, SEED_LAST, Standalone, pipeline_env
 
+from propensity.core.zones import QUARANTINED_EVENTS, RAW_EVENTS, SNAPSHOTS, VALIDATED_EVENTS
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FIRST = SEED_LAST + dt.timedelta(days=1)  # Tuesday 25 January 2011
@@ -38,8 +40,8 @@ DAYS = [FIRST + dt.timedelta(days=i) for i in range((LAST - FIRST).days + 1)]
 MAX_ACTIVE_RUNS = 2  # below ingest's own max_active_runs (4), so the backfill's limit is the one tested
 # Feature runs for the last two days: logical date D computes the snapshot as of D + 1.
 FEATURE_DAYS = DAYS[-2:]
-INGEST_ZONES = (("raw", "events"), ("validated", "events"), ("quarantine", "events"))
-FEATURE_ZONE = ("offline", "customer_features")
+INGEST_ZONES = (RAW_EVENTS, VALIDATED_EVENTS, QUARANTINED_EVENTS)
+FEATURE_ZONE = SNAPSHOTS
 
 # `airflow dags test DAG D` for each DAG@D given, in order, in one process (Airflow imported once).
 REFERENCE_SCRIPT = """
@@ -203,9 +205,9 @@ def test_ingest_backfill_gives_the_scheduled_runs_partitions(
         # Every raw line is accounted for exactly once: validated, quarantined or a removed copy.
         c = s["counts"]
         assert c["raw"] == c["validated"] + c["quarantined"] + c["duplicates_removed"]
-        assert partition_rows(ours, ("raw", "events"), day) == c["raw"]
-        assert partition_rows(ours, ("validated", "events"), day) == c["validated"]
-        assert partition_rows(ours, ("quarantine", "events"), day) == c["quarantined"]
+        assert partition_rows(ours, RAW_EVENTS, day) == c["raw"]
+        assert partition_rows(ours, VALIDATED_EVENTS, day) == c["validated"]
+        assert partition_rows(ours, QUARANTINED_EVENTS, day) == c["quarantined"]
     # Real lines of the real file: a trading Tuesday, and the closed Saturday's empty day.
     assert [summary(ours, d)["counts"]["raw"] for d in DAYS] == [1654, 1289, 1575, 1008, 0, 722]
 

@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 from serving_models import make_feast_store, train_booster
 
-from propensity.deploy import deploy_model
-from propensity.serve import FeastFeatureSource, create_app
+from propensity.serving.app import create_app
+from propensity.serving.deploy import deploy_model
+from propensity.serving.feature_source import FeastFeatureSource
 
 pytestmark = pytest.mark.integration
 

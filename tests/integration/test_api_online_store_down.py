@@ -11,8 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from serving_models import closed_port, make_feast_store, train_booster
 
-from propensity.deploy import deploy_model
-from propensity.serve import FeastFeatureSource, create_app
+from propensity.serving.app import create_app
+from propensity.serving.deploy import deploy_model
+from propensity.serving.feature_source import FeastFeatureSource
 
 pytestmark = pytest.mark.integration
 

@@ -14,11 +14,13 @@ from airflow_cli import AIRFLOW, cli_env
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "batch"))  # batch_data helpers
 from batch_data import DAY, synthetic_snapshot, train_champion  # noqa: E402
 
-from propensity.collect import zone_store  # noqa: E402
-from propensity.deploy import deploy_model  # noqa: E402
-from propensity.features import OFFLINE_ZONE, SNAPSHOTS  # noqa: E402
-from propensity.settings import Settings, _deep_merge, _YamlProfiles  # noqa: E402
-from propensity.storage import write_partition  # noqa: E402
+from propensity.core.settings import Settings, _deep_merge, _YamlProfiles  # noqa: E402
+from propensity.core.storage import write_partition  # noqa: E402
+from propensity.core.zones import (
+    SNAPSHOTS,
+    zone_store,  # noqa: E402
+)
+from propensity.serving.deploy import deploy_model  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,7 +41,7 @@ def test_dag_skips_without_a_champion_then_scores_the_param_day(tmp_path):
         },
     )
     settings = Settings(**_deep_merge(_YamlProfiles(Settings)(), overrides))
-    write_partition(zone_store(settings), OFFLINE_ZONE, SNAPSHOTS, DAY, synthetic_snapshot(120, DAY))
+    write_partition(zone_store(settings), *SNAPSHOTS, DAY, synthetic_snapshot(120, DAY))
 
     def run() -> subprocess.CompletedProcess:
         conf = json.dumps({"day": DAY.isoformat()})

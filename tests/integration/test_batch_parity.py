@@ -14,15 +14,17 @@ from fastapi.testclient import TestClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "batch"))  # batch_data helpers
 from batch_data import DAY, synthetic_snapshot, train_champion  # noqa: E402
 
-from propensity.backends import InProcessBackend  # noqa: E402
-from propensity.batch import score_day  # noqa: E402
-from propensity.collect import zone_store  # noqa: E402
-from propensity.deploy import deploy_model  # noqa: E402
-from propensity.feature_store import CustomerFeatures, materialize_dates, online_features  # noqa: E402
-from propensity.features import OFFLINE_ZONE, SNAPSHOTS  # noqa: E402
-from propensity.predictions_db import db_from_settings, read_day  # noqa: E402
-from propensity.serve import create_app  # noqa: E402
-from propensity.storage import write_partition  # noqa: E402
+from propensity.batch.predictions_db import db_from_settings, read_day  # noqa: E402
+from propensity.batch.scoring import score_day  # noqa: E402
+from propensity.core.storage import write_partition  # noqa: E402
+from propensity.core.zones import (
+    SNAPSHOTS,
+    zone_store,  # noqa: E402
+)
+from propensity.features.store import CustomerFeatures, materialize_dates, online_features  # noqa: E402
+from propensity.serving.app import create_app  # noqa: E402
+from propensity.serving.backends import InProcessBackend  # noqa: E402
+from propensity.serving.deploy import deploy_model  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +43,7 @@ def scored(make_settings, tmp_path, spark):
         serving={"repository": str(tmp_path / "models"), "auth_required": False, "shadow_enabled": False},
         batch={"db_url": f"sqlite:///{tmp_path}/predictions.db"},
     )
-    write_partition(zone_store(settings), OFFLINE_ZONE, SNAPSHOTS, DAY, synthetic_snapshot(150, DAY))
+    write_partition(zone_store(settings), *SNAPSHOTS, DAY, synthetic_snapshot(150, DAY))
     materialize_dates(settings, [DAY])
     deploy_model(settings, train_champion(seed=3), 7, "champion")
     score_day(settings, DAY, spark=spark)

@@ -20,12 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "batch")) 
 from batch_data import DAY, synthetic_snapshot, train_champion  # noqa: E402
 from serving_models import closed_port  # noqa: E402
 
-import propensity.batch as batch_module  # noqa: E402
-from propensity.batch import BatchInputError, score_day  # noqa: E402
-from propensity.collect import zone_store  # noqa: E402
-from propensity.deploy import deploy_model  # noqa: E402
-from propensity.features import MODEL_FEATURES, OFFLINE_ZONE, SNAPSHOTS  # noqa: E402
-from propensity.predictions_db import (  # noqa: E402
+import propensity.batch.scoring as batch_module  # noqa: E402
+from propensity.batch.predictions_db import (  # noqa: E402
     MIGRATIONS,
     PredictionsDB,
     PredictionsDBError,
@@ -40,8 +36,14 @@ from propensity.predictions_db import (  # noqa: E402
     stage_rows,
     top_scores,
 )
-from propensity.storage import write_partition  # noqa: E402
-from propensity.train import matrix  # noqa: E402
+from propensity.batch.scoring import BatchInputError, score_day  # noqa: E402
+from propensity.core.storage import write_partition  # noqa: E402
+from propensity.core.zones import (
+    SNAPSHOTS,
+    zone_store,  # noqa: E402
+)
+from propensity.features.spec import MODEL_FEATURES, matrix
+from propensity.serving.deploy import deploy_model  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +66,7 @@ def env(make_settings, tmp_path, schema):
         batch={"db_url": PG, "db_schema": schema, "partitions": 2, "connect_timeout_s": 3},
     )
     snapshot = synthetic_snapshot(N, DAY)
-    write_partition(zone_store(settings), OFFLINE_ZONE, SNAPSHOTS, DAY, snapshot)
+    write_partition(zone_store(settings), *SNAPSHOTS, DAY, snapshot)
     champion = train_champion(seed=0)
     deploy_model(settings, champion, 1, "champion")
     return settings, snapshot, champion
@@ -260,7 +262,7 @@ def test_an_attempt_whose_staging_table_was_swept_fails_saying_so(schema):
 
 
 def test_a_swap_waits_for_a_long_reader_only_so_long_and_keeps_the_day(schema, monkeypatch):
-    import propensity.predictions_db as pdb
+    import propensity.batch.predictions_db as pdb
 
     monkeypatch.setattr(pdb, "SWAP_LOCK_TIMEOUT_S", 1)
     db = PredictionsDB(PG, schema)
@@ -298,7 +300,7 @@ def test_a_snapshot_on_s3_is_read_by_the_tasks_and_scored_bit_exact(
         batch={"db_url": PG, "db_schema": schema, "partitions": 3},
     )
     snapshot = synthetic_snapshot(N, DAY)
-    write_partition(zone_store(settings), OFFLINE_ZONE, SNAPSHOTS, DAY, snapshot)
+    write_partition(zone_store(settings), *SNAPSHOTS, DAY, snapshot)
     champion = train_champion(seed=0)
     deploy_model(settings, champion, 1, "champion")
 
@@ -333,7 +335,7 @@ def test_a_snapshot_rewritten_while_it_is_scored_is_refused_and_the_day_kept(env
     def plan_then_rewrite(*args, **kwargs):  # a features backfill lands after the driver planned
         source = planned(*args, **kwargs)
         rewritten = synthetic_snapshot(N + 5, DAY, seed=9)
-        write_partition(zone_store(settings), OFFLINE_ZONE, SNAPSHOTS, DAY, rewritten)
+        write_partition(zone_store(settings), *SNAPSHOTS, DAY, rewritten)
         return source
 
     monkeypatch.setattr(batch_module, "snapshot_source", plan_then_rewrite)

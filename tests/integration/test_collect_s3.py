@@ -10,9 +10,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from propensity.collect import collect, zone_store
-from propensity.sources import SourceError
-from propensity.storage import list_partitions, read_partition
+from propensity.core.storage import list_partitions, read_partition
+from propensity.core.zones import RAW_EVENTS, zone_store
+from propensity.ingest.collect import collect
+from propensity.ingest.sources import SourceError
 
 pytestmark = pytest.mark.integration
 
@@ -57,11 +58,11 @@ def test_landing_zone_on_s3_to_raw_zone_on_s3(s3_server, s3_bucket, make_setting
     assert list(out["order_id"]) == ["1", "C2"]
     assert list(out["amount"]) == [3.0, -4.0]
     assert list(out["is_return"]) == [False, True]
-    assert list_partitions(zone_store(settings), "raw", "events") == [dt.date(2011, 3, 1)]
+    assert list_partitions(zone_store(settings), *RAW_EVENTS) == [dt.date(2011, 3, 1)]
 
     # Re-running replaces the object: same rows, no duplicates.
     collect(settings, DAY, DAY + dt.timedelta(days=1))
-    again = read_partition(zone_store(settings), "raw", "events", dt.date(2011, 3, 1)).to_pandas()
+    again = read_partition(zone_store(settings), *RAW_EVENTS, dt.date(2011, 3, 1)).to_pandas()
     pd.testing.assert_frame_equal(out, again)
 
 

@@ -16,11 +16,11 @@ import pyarrow as pa
 import pytest
 from airflow_cli import AIRFLOW, ROOT, cli_env
 
-from propensity.collect import zone_store
-from propensity.drift_data import load_window, write_reference
-from propensity.drift_policy import decide_and_record_for, read_history, training_conf
-from propensity.drift_report import write_report
-from propensity.storage import write_partition
+from propensity.core.storage import write_partition
+from propensity.core.zones import SNAPSHOTS, VALIDATED_EVENTS, zone_store
+from propensity.monitoring.policy import decide_and_record_for, read_history, training_conf
+from propensity.monitoring.report import write_report
+from propensity.monitoring.window import load_window, write_reference
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,7 +41,7 @@ def _features(rng: np.random.Generator, n: int, recency_scale: float = 1.0) -> d
 def build_zone(zone_root: Path) -> None:
     """Champion v1's reference; day D's snapshot with recency shifted by x1.6; a week of served
     traffic; matured predictions whose labels ignore the score (the model stopped working)."""
-    from propensity.storage import open_store
+    from propensity.core.storage import open_store
 
     store = open_store(str(zone_root))
     rng = np.random.default_rng(7)
@@ -54,7 +54,7 @@ def build_zone(zone_root: Path) -> None:
     snap = _features(rng, N, recency_scale=1.6)
     ts = dt.datetime.combine(DAY, dt.time(), dt.UTC)
     snapshot = pa.table({"customer_id": [f"c{i}" for i in range(N)], "event_timestamp": [ts] * N} | snap)
-    write_partition(store, "offline", "customer_features", DAY, snapshot)
+    write_partition(store, *SNAPSHOTS, DAY, snapshot)
 
     def log_day(day: dt.date, n: int) -> None:
         table = pa.table(
@@ -74,7 +74,7 @@ def build_zone(zone_root: Path) -> None:
     while day <= DAY:
         who = rng.choice(N, 40, replace=False)
         events = pa.table({"customer_id": [f"c{i}" for i in who], "is_return": [False] * len(who)})
-        write_partition(store, "validated", "events", day, events)
+        write_partition(store, *VALIDATED_EVENTS, day, events)
         day += dt.timedelta(days=1)
 
 
@@ -102,7 +102,7 @@ def test_window_detectors_policy_and_report(make_settings, tmp_path: Path) -> No
         [
             DRIFT_PYTHON,
             "-c",
-            "import json,sys; from propensity.drift import run_checks_from_files as r; "
+            "import json,sys; from propensity.monitoring.detectors import run_checks_from_files as r; "
             "print(json.dumps(r(json.loads(sys.stdin.read()))))",
         ],
         input=json.dumps(manifest),

@@ -2,7 +2,7 @@
 
 Synthetic snapshots (ints with and without nulls, floats with nulls, NaN, -0.0 and inf, strings
 with nulls, empty and non-ASCII ones) are materialized through Feast's stock path into one project
-and through :mod:`propensity.feast_fast` into another, on the real Redis at 127.0.0.1:6379 (a
+and through :mod:`propensity.features.feast_redis` into another, on the real Redis at 127.0.0.1:6379 (a
 dedicated DB number, every key removed afterwards). Keys differ only by the project suffix; every
 hash must be byte-identical (TTLs as well, to the second), and online lookups must return the same
 values. Snapshots the fast path hands to Feast (unhandled column types, sub-microsecond or far
@@ -27,9 +27,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from propensity.collect import zone_store
-from propensity.feature_store import (
-    FEATURE_VIEW,
+from propensity.core.settings import Settings, _deep_merge, _YamlProfiles
+from propensity.core.storage import write_partition
+from propensity.core.zones import SNAPSHOTS, zone_store
+from propensity.features.spec import FEATURE_VIEW, INT_FEATURES, MODEL_FEATURES, SNAPSHOT_SCHEMA
+from propensity.features.store import (
     CustomerFeatures,
     _config_dict,
     definitions,
@@ -39,9 +41,6 @@ from propensity.feature_store import (
     online_features,
     render_yaml,
 )
-from propensity.features import INT_FEATURES, MODEL_FEATURES, OFFLINE_ZONE, SNAPSHOT_SCHEMA, SNAPSHOTS
-from propensity.settings import Settings, _deep_merge, _YamlProfiles
-from propensity.storage import write_partition
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +80,7 @@ def zone_root(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("feast-fast") / "zones")
     store = zone_store(Settings(**_deep_merge(_YamlProfiles(Settings)(), {"zone_root": root})))
     for seed, (day, ids) in enumerate(CUSTOMERS.items()):
-        write_partition(store, OFFLINE_ZONE, SNAPSHOTS, day, snapshot(day, ids, seed))
+        write_partition(store, *SNAPSHOTS, day, snapshot(day, ids, seed))
     return root
 
 
@@ -268,7 +267,7 @@ def test_feast_cli_materialize_uses_the_engine(pair, redis_client, tmp_path):
     feature_store(fast, apply=True)
     yaml_file = tmp_path / "feature_store.yaml"
     yaml_file.write_text(render_yaml(fast))
-    assert "propensity.feast_fast.ArrowRedisEngine" in yaml_file.read_text()
+    assert "propensity.features.feast_redis.ArrowRedisEngine" in yaml_file.read_text()
     at = "2011-01-19T00:00:00"
     feast = Path(sys.executable).with_name("feast")
     cmd = [str(feast), "--log-level", "INFO", "-f", str(yaml_file), "materialize", at, at, "-v", FEATURE_VIEW]
@@ -290,7 +289,7 @@ def zone_with(tmp_path: Path, tables: dict[dt.date, pa.Table]) -> str:
     root = str(tmp_path / f"zones-{uuid.uuid4().hex[:8]}")
     store = zone_store(Settings(**_deep_merge(_YamlProfiles(Settings)(), {"zone_root": root})))
     for day, table in tables.items():
-        write_partition(store, OFFLINE_ZONE, SNAPSHOTS, day, table)
+        write_partition(store, *SNAPSHOTS, day, table)
     return root
 
 
@@ -310,8 +309,8 @@ def test_a_rerun_writes_nothing_new(tmp_path, redis_client, caplog):
         materialize_dates(settings, [D2], engine=engine)
     before = assert_same_redis(client, stock, fast)
     zone_with_root = zone_store(Settings(**_deep_merge(_YamlProfiles(Settings)(), {"zone_root": root})))
-    write_partition(zone_with_root, OFFLINE_ZONE, SNAPSHOTS, D2, snapshot(D2, CUSTOMERS[D2], 99))
-    with caplog.at_level(logging.INFO, logger="propensity.feast_fast"):
+    write_partition(zone_with_root, *SNAPSHOTS, D2, snapshot(D2, CUSTOMERS[D2], 99))
+    with caplog.at_level(logging.INFO, logger="propensity.features.feast_redis"):
         assert materialize_dates(stock, [D2], engine="stock")["write_path"] == "feast"
         assert materialize_dates(fast, [D2])["write_path"] == "arrow-redis"
     assert assert_same_redis(client, stock, fast) == before
@@ -362,12 +361,12 @@ def test_snapshots_the_fast_path_hands_to_feast(tmp_path, redis_client, caplog, 
     if why == "sub-microsecond":  # after midnight: outside materialize_dates' [D, D] window
         for settings, engine in ((stock, "stock"), (fast, "fast")):
             store = feature_store(settings, apply=True, engine=engine)
-            with caplog.at_level(logging.INFO, logger="propensity.feast_fast"):
+            with caplog.at_level(logging.INFO, logger="propensity.features.feast_redis"):
                 store.materialize(start, start + dt.timedelta(seconds=1), feature_views=[FEATURE_VIEW])
         assert store._get_provider().batch_engine.paths == {FEATURE_VIEW: path}
     else:
         assert materialize_dates(stock, [day], engine="stock")["write_path"] == "feast"
-        with caplog.at_level(logging.INFO, logger="propensity.feast_fast"):
+        with caplog.at_level(logging.INFO, logger="propensity.features.feast_redis"):
             assert materialize_dates(fast, [day])["write_path"] == path
     if why:
         assert "Feast's stock path" in caplog.text and why in caplog.text
@@ -382,7 +381,7 @@ def test_a_type_feast_rejects_fails_the_same_way(tmp_path, redis_client, caplog)
     stock, fast = pair_on(zone_with(tmp_path, {D2: table}), tmp_path, redis_client)
     errors = []
     for settings, engine in ((stock, "stock"), (fast, "fast")):
-        with caplog.at_level(logging.INFO, logger="propensity.feast_fast"), pytest.raises(Exception) as e:
+        with caplog.at_level(logging.INFO, logger="propensity.features.feast_redis"), pytest.raises(Exception) as e:
             materialize_dates(settings, [D2], engine=engine)
         errors.append((type(e.value), str(e.value)))
     assert errors[0] == errors[1]
@@ -395,19 +394,19 @@ def test_a_date_without_rows_records_the_path_that_ran(pair, redis_client, zone_
     client, _ = redis_client
     _, fast = pair
     empty = dt.date(2011, 1, 1)  # no snapshot: Feast's read yields no rows
-    with caplog.at_level(logging.INFO, logger="propensity.feast_fast"):
+    with caplog.at_level(logging.INFO, logger="propensity.features.feast_redis"):
         assert materialize_dates(fast, [empty])["write_path"] == "arrow-redis"
     assert "Arrow->Redis path, 0 rows: 0 written" in caplog.text
     assert not redis_state(client, fast.features.feast_project)
     caplog.clear()
     lite = settings_for(zone_root, tmp_path, f"lite_{uuid.uuid4().hex[:8]}", online_store="sqlite")
-    with caplog.at_level(logging.INFO, logger="propensity.feast_fast"):
+    with caplog.at_level(logging.INFO, logger="propensity.features.feast_redis"):
         assert materialize_dates(lite, [empty])["write_path"] == "feast"
     assert "Feast's stock path, 0 rows (online store SqliteOnlineStore)" in caplog.text
 
 
 def test_unhandled_column_type_takes_the_stock_path(pair):
-    from propensity.feast_fast import FastPathUnsupported, RedisWritePlan
+    from propensity.features.feast_redis import FastPathUnsupported, RedisWritePlan
 
     _, fast = pair
     store = feature_store(fast, apply=True)
@@ -510,7 +509,7 @@ def test_other_types_write_as_feast_does(tmp_path, redis_client, block_rows, bat
     from feast.utils import _convert_arrow_to_proto
     from feast.value_type import ValueType
 
-    from propensity.feast_fast import RedisWritePlan
+    from propensity.features.feast_redis import RedisWritePlan
 
     client, projects = redis_client
     tag = uuid.uuid4().hex[:8]
@@ -602,7 +601,7 @@ def test_values_encode_as_feast_does(value_type, array):
     from feast.type_map import python_values_to_proto_values
     from feast.value_type import ValueType
 
-    from propensity.feast_fast import encode_values
+    from propensity.features.feast_redis import encode_values
 
     vt = ValueType[value_type]
     want = [
@@ -618,7 +617,7 @@ def test_timestamps_and_keys_encode_as_feast_does():
     from feast.value_type import ValueType
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    from propensity.feast_fast import encode_entity_keys, encode_timestamps, event_micros
+    from propensity.features.feast_redis import encode_entity_keys, encode_timestamps, event_micros
 
     instants = [
         dt.datetime(1970, 1, 1, tzinfo=dt.UTC),

@@ -16,19 +16,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from propensity.collect import collect, zone_store
-from propensity.feature_store import (
-    FEATURE_SERVICE,
+from propensity.core.settings import Settings, _deep_merge, _YamlProfiles
+from propensity.core.storage import read_partition, write_partition
+from propensity.core.zones import RAW_EVENTS, VALIDATED_EVENTS, zone_store
+from propensity.features.job import compute_features, read_snapshot
+from propensity.features.spec import FEATURE_SERVICE, MODEL_FEATURES
+from propensity.features.store import (
     CustomerFeatures,
     NoFeatures,
     feature_store,
     materialize_dates,
     online_features,
 )
-from propensity.features import MODEL_FEATURES, compute_features, read_snapshot
-from propensity.settings import Settings, _deep_merge, _YamlProfiles
-from propensity.storage import read_partition, write_partition
-from propensity.training_set import TrainingSetError, build_training_set, training_rows
+from propensity.ingest.collect import collect
+from propensity.training.dataset import TrainingSetError, build_training_set, training_rows
 
 pytestmark = pytest.mark.integration
 
@@ -52,10 +53,10 @@ def base(tmp_path_factory, real_data, spark) -> dict:
     while day <= LAST:
         start = dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC)
         collect(settings, start, start + dt.timedelta(days=1))
-        raw = read_partition(store, "raw", "events", day)
+        raw = read_partition(store, *RAW_EVENTS, day)
         # Stand-in for the validation stage: every line is a product line.
         validated = raw.append_column("line_kind", pa.array(["product"] * raw.num_rows, pa.string()))
-        write_partition(store, "validated", "events", day, validated)
+        write_partition(store, *VALIDATED_EVENTS, day, validated)
         day += dt.timedelta(days=1)
     compute_features(settings, SNAPSHOTS)
     return overrides
@@ -132,7 +133,7 @@ def test_training_set_is_point_in_time_and_labelled(base):
     # Label: an order in [Jan 5, Feb 4), computed here straight from the validated partitions.
     store = zone_store(settings)
     days = [SNAPSHOTS[0] + dt.timedelta(days=i) for i in range(30)]
-    events = pa.concat_tables([read_partition(store, "validated", "events", d) for d in days])
+    events = pa.concat_tables([read_partition(store, *VALIDATED_EVENTS, d) for d in days])
     buyers = set(events.filter(pc.invert(events["is_return"]))["customer_id"].drop_null().to_pylist())
     expected = [int(c in buyers) for c in rows["customer_id"]]
     assert list(got["label"]) == expected

@@ -15,18 +15,13 @@ import pyarrow as pa
 import pytest
 from airflow_cli import AIRFLOW, cli_env
 
-from propensity.collect import zone_store
-from propensity.feature_store import CustomerFeatures, NoFeatures, online_features
-from propensity.features import (
-    MODEL_FEATURES,
-    compute_features,
-    compute_features_for_run,
-    content_hash,
-    read_snapshot,
-)
-from propensity.schema import VALIDATED_SCHEMA
-from propensity.settings import Settings, _deep_merge, _YamlProfiles
-from propensity.storage import write_partition
+from propensity.core.schema import VALIDATED_SCHEMA
+from propensity.core.settings import Settings, _deep_merge, _YamlProfiles
+from propensity.core.storage import write_partition
+from propensity.core.zones import VALIDATED_EVENTS, zone_store
+from propensity.features.job import compute_features, compute_features_for_run, content_hash, read_snapshot
+from propensity.features.spec import MODEL_FEATURES
+from propensity.features.store import CustomerFeatures, NoFeatures, online_features
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -89,7 +84,7 @@ def write_validated(settings: Settings) -> None:
     store = zone_store(settings)
     day = FIRST
     while day <= LAST:
-        write_partition(store, "validated", "events", day, day_events(day))
+        write_partition(store, *VALIDATED_EVENTS, day, day_events(day))
         day += dt.timedelta(days=1)
 
 

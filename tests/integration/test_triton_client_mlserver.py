@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from serving_models import closed_port, train_booster
 
-from propensity.backends import MLSERVER, BackendUnavailable, TritonBackend
-from propensity.deploy import deploy_model, parity_sample, read_deployment
+from propensity.serving.backends import MLSERVER, BackendUnavailable, TritonBackend
+from propensity.serving.deploy import deploy_model, parity_sample, read_deployment
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,11 @@ import shutil
 
 import pytest
 
-from propensity.collect import collect, zone_store
-from propensity.sources import SourceError
-from propensity.storage import partition_exists, read_partition
-from propensity.validate import (
+from propensity.core.storage import partition_exists, read_partition
+from propensity.core.zones import QUARANTINED_EVENTS, RAW_EVENTS, VALIDATED_EVENTS, zone_store
+from propensity.ingest.collect import collect
+from propensity.ingest.sources import SourceError
+from propensity.ingest.validate import (
     PublishRefused,
     ValidationFailed,
     collect_and_validate,
@@ -110,19 +111,19 @@ def digest(settings, zone: str, day: str) -> str | None:
 def assert_nothing_lost(settings, day: str, summary: dict) -> None:
     """Every raw line is validated, quarantined or a counted copy; the counts reconcile."""
     store, d = zone_store(settings), dt.date.fromisoformat(day)
-    raw = read_partition(store, "raw", "events", d).to_pandas()
-    quarantine = read_partition(store, "quarantine", "events", d).to_pandas()
+    raw = read_partition(store, *RAW_EVENTS, d).to_pandas()
+    quarantine = read_partition(store, *QUARANTINED_EVENTS, d).to_pandas()
     c = summary["counts"]
     assert c["raw"] == len(raw) == c["validated"] + c["quarantined"] + c["duplicates_removed"]
     assert len(quarantine) == c["quarantined"]
     seen = {tuple(x) for x in quarantine[["_source_file", "_source_row"]].itertuples(index=False)}
     if summary["status"] == "passed":
-        validated = read_partition(store, "validated", "events", d).to_pandas()
+        validated = read_partition(store, *VALIDATED_EVENTS, d).to_pandas()
         assert len(validated) == c["validated"]
         seen |= {tuple(x) for x in validated[["_source_file", "_source_row"]].itertuples(index=False)}
         assert len(seen) == c["validated"] + c["quarantined"]
     else:
-        assert not partition_exists(store, "validated", "events", d)
+        assert not partition_exists(store, *VALIDATED_EVENTS, d)
     every = {tuple(x) for x in raw[["_source_file", "_source_row"]].itertuples(index=False)}
     assert seen <= every and len(every - seen) in (c["duplicates_removed"], c["raw"] - c["quarantined"])
 
@@ -226,7 +227,7 @@ def test_bad_lines_are_quarantined_with_their_reason(kind, lsettings, landing):
     summary = validate(lsettings, *interval(DAY))
 
     quarantine = read_partition(
-        zone_store(lsettings), "quarantine", "events", dt.date(2011, 3, 1)
+        zone_store(lsettings), *QUARANTINED_EVENTS, dt.date(2011, 3, 1)
     ).to_pandas()
     assert summary["status"] == "passed"
     assert list(quarantine["_source_row"]) == [8]
@@ -238,7 +239,7 @@ def test_bad_lines_are_quarantined_with_their_reason(kind, lsettings, landing):
 
 def test_guest_lines_are_kept_not_quarantined(lsettings, landing):
     summary = good_day(lsettings, landing, DAY)
-    validated = read_partition(zone_store(lsettings), "validated", "events", dt.date(2011, 3, 1)).to_pandas()
+    validated = read_partition(zone_store(lsettings), *VALIDATED_EVENTS, dt.date(2011, 3, 1)).to_pandas()
     assert summary["counts"]["quarantined"] == 0
     assert validated["customer_id"].isna().sum() == N // 5 == summary["counts"]["guest_rows_validated"]
 

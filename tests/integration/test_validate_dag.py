@@ -24,7 +24,7 @@ GOOD, BAD = "2011-03-01", "2011-03-02"
 def delivery(env: dict[str, str], day: str, rows: int) -> None:
     """A CSV under the configured source column names (read from the settings, not assumed)."""
     code = (
-        "from propensity.settings import get_settings; m = get_settings().source.mapping; "
+        "from propensity.core.settings import get_settings; m = get_settings().source.mapping; "
         "print(','.join([m.order_id, m.item_id, m.quantity, m.event_time, m.unit_price, m.customer_id, m.country]))"
     )
     header = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

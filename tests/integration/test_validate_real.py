@@ -8,10 +8,11 @@ import pandas as pd
 import pyarrow.csv as pacsv
 import pytest
 
-from propensity.calendar import closed_reason
-from propensity.collect import collect, zone_store
-from propensity.storage import read_partition
-from propensity.validate import validate
+from propensity.core.storage import read_partition
+from propensity.core.zones import QUARANTINED_EVENTS, zone_store
+from propensity.ingest.calendar import closed_reason
+from propensity.ingest.collect import collect
+from propensity.ingest.validate import validate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,7 +53,7 @@ def test_a_real_day_quarantines_the_80995_unit_order_and_its_cancellation(settin
     assert summary["counts"]["duplicates_removed"] == 7
     assert summary["reasons"] == {"quantity_within_limit": 2}
     quarantine = read_partition(
-        zone_store(settings), "quarantine", "events", dt.date(2011, 12, 9)
+        zone_store(settings), *QUARANTINED_EVENTS, dt.date(2011, 12, 9)
     ).to_pandas()
     assert sorted(quarantine["quantity"]) == [-80995, 80995]
     assert summary["counts"]["validated"] == 1632 - 7 - 2

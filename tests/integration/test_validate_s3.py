@@ -10,9 +10,9 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 
-from propensity.alerts import read_alerts, send_alert
-from propensity.collect import collect
-from propensity.validate import publish, validate
+from propensity.core.alerts import read_alerts, send_alert
+from propensity.ingest.collect import collect
+from propensity.ingest.validate import publish, validate
 
 pytestmark = pytest.mark.integration
 

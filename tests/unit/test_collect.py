@@ -10,9 +10,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from propensity.collect import collect, day_of_interval
-from propensity.sources import SourceError
-from propensity.storage import read_partition
+from propensity.core.storage import read_partition
+from propensity.core.timeutil import day_of_interval
+from propensity.core.zones import RAW_EVENTS
+from propensity.ingest.collect import collect
+from propensity.ingest.sources import SourceError
 
 UTC = dt.UTC
 
@@ -78,7 +80,7 @@ def test_retailer_b_mapping_derives_what_the_source_lacks(tmp_path, make_setting
     settings = make_settings(source={**RETAILER_B, "path": str(root)})
     # The day in New York starts at 05:00 UTC, so a date-only timestamp lands on that UTC day.
     result = collect(settings, *day("2011-03-01"))
-    out = read_partition(settings_store(settings), "raw", "events", dt.date(2011, 3, 1)).to_pandas()
+    out = read_partition(settings_store(settings), *RAW_EVENTS, dt.date(2011, 3, 1)).to_pandas()
     assert result.rows == 2
     assert result.unmapped_columns == ["loyalty_tier"]
     assert list(out["customer_id"]) == ["m1", "m2"]
@@ -99,7 +101,7 @@ def test_retailer_c_mapping_semicolons_offsets_and_negative_quantity_returns(tmp
     root = landing(tmp_path, "2011-03-01", "c.csv", csv)
     settings = make_settings(source={**RETAILER_C, "path": str(root)})
     collect(settings, *day("2011-03-01"))
-    out = read_partition(settings_store(settings), "raw", "events", dt.date(2011, 3, 1)).to_pandas()
+    out = read_partition(settings_store(settings), *RAW_EVENTS, dt.date(2011, 3, 1)).to_pandas()
     assert list(out["event_time"]) == [
         pd.Timestamp("2011-03-01 09:00", tz="UTC"),
         pd.Timestamp("2011-03-02 01:30", tz="UTC"),
@@ -111,7 +113,7 @@ def test_retailer_c_mapping_semicolons_offsets_and_negative_quantity_returns(tmp
 
 
 def settings_store(settings):
-    from propensity.collect import zone_store
+    from propensity.core.zones import zone_store
 
     return zone_store(settings)
 
@@ -129,7 +131,7 @@ def test_uk_summer_time_edges_slice_on_utc_day(tmp_path, make_settings):
     path.write_text(csv)
     settings = make_settings(source={"path": str(path)})
     collect(settings, *day("2011-06-30"))
-    out = read_partition(settings_store(settings), "raw", "events", dt.date(2011, 6, 30)).to_pandas()
+    out = read_partition(settings_store(settings), *RAW_EVENTS, dt.date(2011, 6, 30)).to_pandas()
     assert list(out["order_id"]) == ["2", "3"]
     assert out["event_time"].max() == pd.Timestamp("2011-06-30 23:30", tz="UTC")
 
@@ -142,7 +144,7 @@ def test_a_day_without_events_writes_an_empty_partition(tmp_path, make_settings)
     settings = make_settings(source={"path": str(path)})
     result = collect(settings, *day("2011-03-05"))
     assert result.rows == 0
-    table = read_partition(settings_store(settings), "raw", "events", dt.date(2011, 3, 5))
+    table = read_partition(settings_store(settings), *RAW_EVENTS, dt.date(2011, 3, 5))
     assert table.num_rows == 0 and "customer_id" in table.column_names
 
 
@@ -156,7 +158,7 @@ def test_unparseable_values_are_kept_and_named_not_dropped(tmp_path, make_settin
     path.write_text(csv)
     settings = make_settings(source={"path": str(path)})
     collect(settings, *day("2011-03-01"))
-    out = read_partition(settings_store(settings), "raw", "events", dt.date(2011, 3, 1)).to_pandas()
+    out = read_partition(settings_store(settings), *RAW_EVENTS, dt.date(2011, 3, 1)).to_pandas()
     assert len(out) == 2
     assert out["_parse_errors"].iloc[0] == "quantity: 'abc' is not a number"
     assert (
@@ -174,7 +176,7 @@ def test_float_formatted_customer_ids_are_the_same_customer(tmp_path, make_setti
     )
     settings = make_settings(source={"path": str(path)})
     collect(settings, *day("2011-03-01"))
-    out = read_partition(settings_store(settings), "raw", "events", dt.date(2011, 3, 1)).to_pandas()
+    out = read_partition(settings_store(settings), *RAW_EVENTS, dt.date(2011, 3, 1)).to_pandas()
     assert out["customer_id"].iloc[0] == "17850"
     assert pd.isna(out["customer_id"].iloc[1])
 

@@ -9,8 +9,8 @@ import zipfile
 import pandas as pd
 import pytest
 
-from propensity.collect import collect
-from propensity.datasets import DatasetError, download_and_convert, ensure_source
+from propensity.ingest.collect import collect
+from propensity.ingest.datasets import DatasetError, download_and_convert, ensure_source
 
 
 def make_uci_zip(path) -> None:

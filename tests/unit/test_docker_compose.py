@@ -240,7 +240,7 @@ def resolve(tmp_path, monkeypatch):
     """Settings as a container resolves them from ``env`` (the committed config files, nothing else)."""
     import os
 
-    from propensity.settings import Settings
+    from propensity.core.settings import Settings
 
     config = tmp_path / "config"
     shutil.copytree(ROOT / "config", config, ignore=shutil.ignore_patterns("local.env"))

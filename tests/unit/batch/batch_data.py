@@ -11,8 +11,7 @@ import numpy as np
 import pyarrow as pa
 import xgboost as xgb
 
-from propensity.features import INT_FEATURES, MODEL_FEATURES, SNAPSHOT_SCHEMA
-from propensity.train import matrix
+from propensity.features.spec import INT_FEATURES, MODEL_FEATURES, SNAPSHOT_SCHEMA, matrix
 
 DAY = dt.date(2011, 12, 1)
 

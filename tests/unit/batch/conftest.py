@@ -7,10 +7,9 @@ import pytest
 import xgboost as xgb
 from batch_data import DAY, synthetic_snapshot, train_champion
 
-from propensity.collect import zone_store
-from propensity.features import OFFLINE_ZONE, SNAPSHOTS
-from propensity.settings import Settings
-from propensity.storage import write_partition
+from propensity.core.settings import Settings
+from propensity.core.storage import write_partition
+from propensity.core.zones import SNAPSHOTS, zone_store
 
 
 @pytest.fixture
@@ -25,7 +24,7 @@ def batch_settings(make_settings, tmp_path) -> Settings:
 @pytest.fixture
 def snapshot(batch_settings) -> pa.Table:
     table = synthetic_snapshot(300, DAY)
-    write_partition(zone_store(batch_settings), OFFLINE_ZONE, SNAPSHOTS, DAY, table)
+    write_partition(zone_store(batch_settings), *SNAPSHOTS, DAY, table)
     return table
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from propensity.batch_worker import SnapshotSlice, ahead, best_rows, plan_slices
+from propensity.batch.worker import SnapshotSlice, ahead, best_rows, plan_slices
 
 
 def test_slices_cover_every_row_once_and_never_span_row_groups():
@@ -102,7 +102,7 @@ def test_spark_workers_fork_from_a_daemon_with_the_scorer_preloaded(spark):
         import xgboost
 
         yield (
-            "propensity.batch_worker" in worker_sys.modules,
+            "propensity.batch.worker" in worker_sys.modules,
             bool(xgboost.compat.SKLEARN_INSTALLED),
             "sklearn" in worker_sys.modules,
         )
@@ -116,8 +116,8 @@ def test_spark_workers_fork_from_a_daemon_with_the_scorer_preloaded(spark):
 def test_a_slice_is_read_in_batches_exactly_whatever_the_boundaries(tmp_path):
     import pyarrow.parquet as pq
 
-    from propensity.batch_worker import SnapshotSource
-    from propensity.storage import open_store
+    from propensity.batch.worker import SnapshotSource
+    from propensity.core.storage import open_store
 
     table = pa.table(
         {"customer_id": [f"c{i:03d}" for i in range(100)], "x": list(range(100)), "y": [0.5] * 100}

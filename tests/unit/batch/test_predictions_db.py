@@ -8,7 +8,7 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from propensity.predictions_db import (
+from propensity.batch.predictions_db import (
     MIGRATIONS,
     STAGING,
     PredictionsDB,

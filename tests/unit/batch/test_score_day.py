@@ -9,13 +9,12 @@ import pyarrow as pa
 import pytest
 from batch_data import DAY, synthetic_snapshot
 
-from propensity.batch import BatchInputError, NoChampionDeployed, days_to_score, score_day
-from propensity.collect import zone_store
-from propensity.deploy import deploy_model
-from propensity.features import MODEL_FEATURES, OFFLINE_ZONE, SNAPSHOTS
-from propensity.predictions_db import db_from_settings, read_day
-from propensity.storage import write_partition
-from propensity.train import matrix
+from propensity.batch.predictions_db import db_from_settings, read_day
+from propensity.batch.scoring import BatchInputError, NoChampionDeployed, days_to_score, score_day
+from propensity.core.storage import write_partition
+from propensity.core.zones import SNAPSHOTS, zone_store
+from propensity.features.spec import MODEL_FEATURES, matrix
+from propensity.serving.deploy import deploy_model
 
 
 def expected_scores(booster, table: pa.Table) -> dict[str, float]:
@@ -47,7 +46,7 @@ def test_rerun_replaces_the_day_and_each_day_names_its_model(
 ):
     later = DAY + dt.timedelta(days=1)
     write_partition(
-        zone_store(batch_settings), OFFLINE_ZONE, SNAPSHOTS, later, synthetic_snapshot(250, later)
+        zone_store(batch_settings), *SNAPSHOTS, later, synthetic_snapshot(250, later)
     )
     deploy_model(batch_settings, champion, 1, "champion")
     score_day(batch_settings, DAY, spark=spark)
@@ -74,7 +73,7 @@ def test_features_are_read_by_name_whatever_the_stored_column_order(
     batch_settings, snapshot, champion, spark
 ):
     shuffled = snapshot.select(list(reversed(snapshot.column_names)))
-    write_partition(zone_store(batch_settings), OFFLINE_ZONE, SNAPSHOTS, DAY, shuffled)
+    write_partition(zone_store(batch_settings), *SNAPSHOTS, DAY, shuffled)
     deploy_model(batch_settings, champion, 1, "champion")
     score_day(batch_settings, DAY, spark=spark)
     rows = read_day(db_from_settings(batch_settings), DAY)
@@ -98,7 +97,7 @@ def test_an_older_snapshot_is_used_only_within_the_allowed_age(make_settings, tm
         serving={"repository": str(tmp_path / "models")},
         batch={"db_url": f"sqlite:///{tmp_path}/p.db", "max_feature_age_days": 2},
     )
-    write_partition(zone_store(settings), OFFLINE_ZONE, SNAPSHOTS, DAY, synthetic_snapshot(40, DAY))
+    write_partition(zone_store(settings), *SNAPSHOTS, DAY, synthetic_snapshot(40, DAY))
     deploy_model(settings, champion, 1, "champion")
     result = score_day(settings, DAY + dt.timedelta(days=2), spark=spark)
     assert (result["feature_date"], result["day"], result["rows"]) == ("2011-12-01", "2011-12-03", 40)
@@ -108,7 +107,7 @@ def test_an_older_snapshot_is_used_only_within_the_allowed_age(make_settings, tm
 
 def test_a_snapshot_without_the_models_features_is_refused(batch_settings, snapshot, champion, spark):
     write_partition(
-        zone_store(batch_settings), OFFLINE_ZONE, SNAPSHOTS, DAY, snapshot.drop_columns(["aov_90d"])
+        zone_store(batch_settings), *SNAPSHOTS, DAY, snapshot.drop_columns(["aov_90d"])
     )
     deploy_model(batch_settings, champion, 1, "champion")
     with pytest.raises(BatchInputError, match=r"lacks the champion's input column\(s\) \['aov_90d'\]"):
@@ -128,8 +127,8 @@ def test_days_to_score_param_then_asset_events_then_logical_date():
 
 
 def test_a_task_with_several_cores_scores_row_blocks_bit_identically(champion):
-    from propensity.backends import InProcessBackend
-    from propensity.batch_worker import Scorer as _Scorer
+    from propensity.batch.worker import Scorer as _Scorer
+    from propensity.serving.backends import InProcessBackend
 
     class Broadcast:  # what sc.broadcast gives a task
         value = bytes(champion.save_raw("json"))

@@ -1,7 +1,7 @@
 """Run the detectors where they live: the drift venv (alibi-detect needs numpy<2).
 
 Scenarios are built here (main venv), written as JSON, and checked by one subprocess in the
-drift venv that calls :func:`propensity.drift.run_checks` on each; tests then assert on the
+drift venv that calls :func:`propensity.monitoring.detectors.run_checks` on each; tests then assert on the
 real detectors' output.
 """
 
@@ -21,7 +21,7 @@ DRIFT_PYTHON = os.environ.get("PROPENSITY_DRIFT_PYTHON", str(ROOT / ".venv-drift
 
 _RUNNER = """
 import json, sys
-from propensity.drift import run_checks
+from propensity.monitoring.detectors import run_checks
 scenarios = json.load(open(sys.argv[1]))
 out = {name: run_checks(s["window"], s["params"]) for name, s in scenarios.items()}
 json.dump(out, open(sys.argv[2], "w"))

@@ -10,15 +10,16 @@ import subprocess
 import numpy as np
 import pyarrow as pa
 
-from propensity.storage import open_store, write_partition
+from propensity.core.storage import open_store, write_partition
+from propensity.core.zones import SNAPSHOTS, VALIDATED_EVENTS
 
 
 def _calibrate_cli(tmp_path, *args: str) -> dict:
-    """``python -m propensity.drift ARGS`` in the drift venv over ``tmp_path/zones``: its JSON."""
+    """``propensity drift-calibrate ARGS`` in the drift venv over ``tmp_path/zones``: its JSON."""
     env = {**os.environ, "PROPENSITY_ZONE_ROOT": str(tmp_path / "zones")}
     python = os.environ.get("PROPENSITY_DRIFT_PYTHON", ".venv-drift/bin/python")
     proc = subprocess.run(
-        [python, "-m", "propensity.drift", *args],
+        [python, "-m", "propensity.cli", "drift-calibrate", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -42,7 +43,7 @@ def test_calibrate_cli_over_snapshots(tmp_path) -> None:
                 "country": ["uk"] * n,  # not a model feature: ignored
             }
         )
-        write_partition(store, "offline", "customer_features", day, table)
+        write_partition(store, *SNAPSHOTS, day, table)
     result = _calibrate_cli(tmp_path, "2011-06-01", "2011-06-08", "2011-06-15", "2011-11-30")
     assert result["reference_dates"] == ["2011-06-01", "2011-06-08"]
     assert [(c["day"], c["alarm"]) for c in result["checks"]] == [("2011-06-15", False), ("2011-11-01", True)]
@@ -51,7 +52,7 @@ def test_calibrate_cli_over_snapshots(tmp_path) -> None:
 
 
 def test_shift_start_is_read_from_activity() -> None:
-    from propensity.drift import first_day_above_band, trailing_active_customers
+    from propensity.monitoring.calibration import first_day_above_band, trailing_active_customers
 
     d = dt.date(2011, 10, 1)
     customer_days = {d + dt.timedelta(days=k): {f"c{k % 10}"} for k in range(20)}
@@ -65,7 +66,7 @@ def test_shift_start_is_read_from_activity() -> None:
 
 
 def test_calibrate_cli_against_a_model_reference_with_a_stable_period(tmp_path) -> None:
-    from propensity.drift_data import write_reference
+    from propensity.monitoring.window import write_reference
 
     store = open_store(str(tmp_path / "zones"))
     rng = np.random.default_rng(1)
@@ -83,13 +84,13 @@ def test_calibrate_cli_against_a_model_reference_with_a_stable_period(tmp_path) 
         day = start + dt.timedelta(days=k)
         busy = k >= 20
         customers = [f"{day.isoformat()}-{j}" for j in range(40 if busy else 5)]
-        write_partition(store, "validated", "events", day, pa.table({"customer_id": customers}))
+        write_partition(store, *VALIDATED_EVENTS, day, pa.table({"customer_id": customers}))
         scale = 2.0 if k >= 24 else 1.0  # features move four days after activity does
         features = {
             "customer_id": [str(j) for j in range(n)],
             "recency_days": rng.gamma(2.0, 20.0, n) * scale,
         }
-        write_partition(store, "offline", "customer_features", day, pa.table(features))
+        write_partition(store, *SNAPSHOTS, day, pa.table(features))
     args = ["2011-10-01", "2011-10-01", "2011-10-07", "2011-10-30", "--reference-version", "1"]
     result = _calibrate_cli(tmp_path, *args, "--stable", "2011-10-07", "2011-10-20")
     assert result["reference"] == "model version 1"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from propensity.drift_policy import decide
-from propensity.settings import DriftSettings
+from propensity.core.settings import DriftSettings
+from propensity.monitoring.policy import decide
 
 N = 20_000
 COUNTRIES = ["uk", "de", "fr", "nl"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from propensity.drift_policy import decide, decide_and_record, read_history, triggers_as_of
-from propensity.settings import DriftSettings
-from propensity.storage import open_store
+from propensity.core.settings import DriftSettings
+from propensity.core.storage import open_store
+from propensity.monitoring.policy import decide, decide_and_record, read_history, triggers_as_of
 
 POLICY = DriftSettings(cooldown_days=7)
 
@@ -23,7 +23,7 @@ def _feature(name: str, drifted: bool) -> dict[str, Any]:
 
 
 def checks(drifted: tuple[str, ...] = (), auc_drop: float | None = None) -> dict[str, Any]:
-    """Detector output shaped like ``propensity.drift.run_checks``'s."""
+    """Detector output shaped like ``propensity.monitoring.detectors.run_checks``'s."""
     names = ("recency", "frequency", "monetary")
     concept: dict[str, Any] = {"available": False, "why": "no labels yet"}
     if auc_drop is not None:

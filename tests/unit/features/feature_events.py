@@ -6,7 +6,7 @@ import datetime as dt
 
 import pyarrow as pa
 
-from propensity.schema import RAW_SCHEMA
+from propensity.core.schema import RAW_SCHEMA
 
 VALIDATED_SCHEMA = pa.schema([*RAW_SCHEMA, pa.field("line_kind", pa.string())])
 

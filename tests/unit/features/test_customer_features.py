@@ -8,13 +8,8 @@ import math
 import pytest
 from feature_events import EVENTS, UK, line, table
 
-from propensity.features import (
-    MODEL_FEATURES,
-    SNAPSHOT_SCHEMA,
-    content_hash,
-    customer_features,
-    to_snapshots,
-)
+from propensity.features.job import content_hash, customer_features, to_snapshots
+from propensity.features.spec import MODEL_FEATURES, SNAPSHOT_SCHEMA
 
 D = dt.date(2011, 4, 1)
 D2 = dt.date(2011, 4, 2)
@@ -125,7 +120,7 @@ def test_money_is_counted_in_exact_units_of_a_ten_thousandth(spark):
 
     from pyspark.sql import functions as F
 
-    from propensity.features import money_units
+    from propensity.features.job import money_units
 
     # Float products and sums that are not what they print (0.1 + 0.2, 2.675, 17.7), signs, and
     # a half unit: each lands on the nearest 0.0001, halves away from zero, as a decimal would.

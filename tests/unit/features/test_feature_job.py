@@ -10,9 +10,10 @@ import pyarrow.compute as pc
 import pytest
 from feature_events import UK, line, table
 
-from propensity import features
-from propensity.collect import zone_store
-from propensity.features import (
+from propensity.core.storage import write_partition
+from propensity.core.zones import SNAPSHOTS, VALIDATED_EVENTS, zone_store
+from propensity.features import job as features
+from propensity.features.job import (
     FeatureInputError,
     compute_features,
     content_hash,
@@ -22,7 +23,6 @@ from propensity.features import (
     snapshot_dates,
     to_snapshots,
 )
-from propensity.storage import write_partition
 
 FIRST, LAST = dt.date(2011, 3, 1), dt.date(2011, 3, 10)
 STORY = [
@@ -42,7 +42,7 @@ def write_validated(settings, rows=STORY, first=FIRST, last=LAST, skip=()):
     while day <= last:
         if day not in skip:
             days = pc.cast(full.column("event_time"), pa.date32())
-            write_partition(store, "validated", "events", day, full.filter(pc.equal(days, day)))
+            write_partition(store, *VALIDATED_EVENTS, day, full.filter(pc.equal(days, day)))
         day += dt.timedelta(days=1)
 
 
@@ -66,13 +66,13 @@ def test_rerun_is_idempotent_and_one_pass_equals_one_date_at_a_time(spark, setti
     compute_features(settings, dates)
     together = {d: content_hash(read_snapshot(settings, d)) for d in dates}
     store = zone_store(settings)
-    bytes_before = store.read_bytes("offline", "customer_features", "date=2011-03-07", "part-0.parquet")
+    bytes_before = store.read_bytes(*SNAPSHOTS, "date=2011-03-07", "part-0.parquet")
     for d in dates:
         compute_features(settings, [d])
     assert {d: content_hash(read_snapshot(settings, d)) for d in dates} == together
     # Same bytes, not only the same rows: a re-run is invisible downstream.
     assert (
-        store.read_bytes("offline", "customer_features", "date=2011-03-07", "part-0.parquet") == bytes_before
+        store.read_bytes(*SNAPSHOTS, "date=2011-03-07", "part-0.parquet") == bytes_before
     )
 
 
@@ -93,7 +93,7 @@ def test_failure_mid_job_leaves_no_partial_partition_and_retry_succeeds(spark, s
         compute_features(settings, dates)
     # The first date is complete, the second absent; no temporary file is left behind.
     assert snapshot_dates(settings) == [dates[0]]
-    folder = os.path.join(settings.zone_root, "offline", "customer_features")
+    folder = os.path.join(settings.zone_root, *SNAPSHOTS)
     assert sorted(os.listdir(folder)) == ["date=2011-03-05"]
     assert os.listdir(os.path.join(folder, "date=2011-03-05")) == ["part-0.parquet"]
 

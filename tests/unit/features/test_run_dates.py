@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from propensity.features import run_dates
+from propensity.features.job import run_dates
 
 
 def test_asset_events_give_the_day_after_each_validated_day():

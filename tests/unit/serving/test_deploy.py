@@ -11,8 +11,8 @@ from google.protobuf import text_format
 from serving_models import FEATURES, closed_port, train_booster
 from tritonclient.grpc import model_config_pb2
 
-from propensity.backends import InProcessBackend
-from propensity.deploy import (
+from propensity.serving.backends import InProcessBackend
+from propensity.serving.deploy import (
     DeployError,
     deploy_model,
     parity_sample,

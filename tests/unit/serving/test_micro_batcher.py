@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from propensity.serve import MicroBatcher, _Job
+from propensity.serving.batching import Job, MicroBatcher
 
 
-def _job(*ids: str) -> _Job:
-    return _Job(list(ids), single=len(ids) == 1, started=time.perf_counter())
+def _job(*ids: str) -> Job:
+    return Job(list(ids), single=len(ids) == 1, started=time.perf_counter())
 
 
 def test_requests_arriving_during_a_batch_share_the_next_one() -> None:
@@ -20,7 +20,7 @@ def test_requests_arriving_during_a_batch_share_the_next_one() -> None:
     seen: list[list[str]] = []
     release = threading.Event()
 
-    def run(jobs: list[_Job]) -> list[str]:
+    def run(jobs: list[Job]) -> list[str]:
         seen.append([i for j in jobs for i in j.ids])
         release.wait(5)  # the first batch runs until the others have queued
         return ["-".join(j.ids) for j in jobs]
@@ -47,7 +47,7 @@ def test_requests_arriving_during_a_batch_share_the_next_one() -> None:
     [(RuntimeError("model crashed"), "model crashed"), ([], "0 outcomes for a batch of 2 requests")],
 )
 def test_a_failed_batch_fails_its_requests_instead_of_leaving_them_waiting(answer, message) -> None:
-    def run(jobs: list[_Job]) -> list[str]:
+    def run(jobs: list[Job]) -> list[str]:
         if isinstance(answer, Exception):
             raise answer
         return answer

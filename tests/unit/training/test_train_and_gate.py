@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from propensity.evaluate import compare, decide, render_markdown
-from propensity.features import MODEL_FEATURES
-from propensity.registry import CHALLENGER, CHAMPION, PromotionConflict, Registry
-from propensity.settings import GateThresholds, TrainingSettings
-from propensity.train import cutoff_grid, fit, plan_cutoffs
+from propensity.core.cutoffs import cutoff_grid, plan_cutoffs
+from propensity.core.settings import GateThresholds, TrainingSettings
+from propensity.features.spec import MODEL_FEATURES
+from propensity.training.evaluate import compare
+from propensity.training.gate import decide, render_markdown
+from propensity.training.registry import CHALLENGER, CHAMPION, PromotionConflict, Registry
+from propensity.training.train import fit
 
 
 def test_cutoffs_are_mondays_up_to_the_latest_matured_one():
@@ -153,8 +155,8 @@ def registry_settings(make_settings, mlflow_dir, request):
 @pytest.fixture(scope="module")
 def logged_runs(mlflow_dir):
     """Three small models logged once to the module's MLflow store: (model_uri, data_hash)."""
-    from propensity.settings import Settings, _YamlProfiles
-    from propensity.train import log_training_run
+    from propensity.core.settings import Settings, _YamlProfiles
+    from propensity.training.train import log_training_run
 
     base = _YamlProfiles(Settings)()
     base |= {"zone_root": str(mlflow_dir / "zones"), "cache_dir": str(mlflow_dir / "cache")}
@@ -263,14 +265,14 @@ def test_two_concurrent_promotions_cannot_both_win(registry_settings, logged_run
 
 
 def test_a_worse_model_is_never_promoted(registry_settings, plan, logged_runs):
-    from propensity.training_pipeline import promote_challenger
+    from propensity.training.steps import promote_challenger
 
     frame = synthetic_frame(plan.all)
     evaluation = frame[frame["cutoff"].isin(plan.evaluation)].reset_index(drop=True)
     good = fit(frame, MODEL_FEATURES, plan, TrainingSettings())
     shuffled = frame.assign(label=np.random.default_rng(3).permutation(frame["label"].to_numpy()))
     worse = fit(shuffled, MODEL_FEATURES, plan, TrainingSettings())
-    from propensity.train import matrix
+    from propensity.features.spec import matrix
 
     x = matrix(evaluation, MODEL_FEATURES)
     comparison = compare(

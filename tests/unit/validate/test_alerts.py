@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pendulum
 import pytest
 
-from propensity.alerts import AlertNotifier, read_alerts, send_alert
+from propensity.core.alerts import AlertNotifier, read_alerts, send_alert
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_lines_append_and_are_read_back_in_order(make_settings):
 
 def test_the_airflow_notifier_raises_an_alert_from_a_failure_context(make_settings, monkeypatch):
     settings = make_settings()
-    monkeypatch.setattr("propensity.settings.get_settings", lambda: settings)
+    monkeypatch.setattr("propensity.core.settings.get_settings", lambda: settings)
     notifier = AlertNotifier("validation_failed")
     context = {
         "ti": SimpleNamespace(dag_id="ingest", task_id="validate_events", try_number=1),

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from propensity.calendar import closed_reason, is_trading_day
-from propensity.settings import TradingCalendar
+from propensity.core.settings import TradingCalendar
+from propensity.ingest.calendar import closed_reason, is_trading_day
 
 
 @pytest.fixture

@@ -10,26 +10,26 @@ import pyarrow.parquet as pq
 import pytest
 from validate_helpers import interval, sale, write_raw
 
-from propensity.collect import zone_store
-from propensity.storage import partition_exists, read_partition
-from propensity.validate import PublishRefused, ValidationFailed, publish, read_summary, validate
+from propensity.core.storage import partition_exists, read_partition
+from propensity.core.zones import QUARANTINED_EVENTS, RAW_EVENTS, VALIDATED_EVENTS, zone_store
+from propensity.ingest.validate import PublishRefused, ValidationFailed, publish, read_summary, validate
 
 DAY = "2011-03-01"  # a Tuesday, a trading day
 
 
 def raw_digest(settings, day: str) -> str:
     store = zone_store(settings)
-    return hashlib.sha256(store.read_bytes("raw", "events", f"date={day}", "part-0.parquet")).hexdigest()
+    return hashlib.sha256(store.read_bytes(*RAW_EVENTS, f"date={day}", "part-0.parquet")).hexdigest()
 
 
 def outputs(settings, day: str):
     store, d = zone_store(settings), dt.date.fromisoformat(day)
     validated = (
-        read_partition(store, "validated", "events", d).to_pandas()
-        if partition_exists(store, "validated", "events", d)
+        read_partition(store, *VALIDATED_EVENTS, d).to_pandas()
+        if partition_exists(store, *VALIDATED_EVENTS, d)
         else None
     )
-    quarantine = read_partition(store, "quarantine", "events", d).to_pandas()
+    quarantine = read_partition(store, *QUARANTINED_EVENTS, d).to_pandas()
     return validated, quarantine
 
 
@@ -104,7 +104,7 @@ def test_zero_lines_fail_a_trading_day_but_pass_a_closed_one(vsettings):
     message = str(failed.value)
     assert "row_count_in_band: observed 0" in message and "'min_value': 1" in message
     assert "broken export" in message
-    assert not partition_exists(zone_store(vsettings), "validated", "events", dt.date(2011, 3, 1))
+    assert not partition_exists(zone_store(vsettings), *VALIDATED_EVENTS, dt.date(2011, 3, 1))
 
     saturday, bank_holiday = "2011-03-05", "2011-04-29"
     for day in (saturday, bank_holiday):
@@ -141,14 +141,14 @@ def test_a_backfill_reaches_the_verdict_of_the_scheduled_run(vsettings):
     write_raw(vsettings, DAY, [sale(DAY, i) for i in range(60)])
     first = validate(vsettings, *interval(DAY))
     store = zone_store(vsettings)
-    validated_bytes = store.read_bytes("validated", "events", f"date={DAY}", "part-0.parquet")
+    validated_bytes = store.read_bytes(*VALIDATED_EVENTS, f"date={DAY}", "part-0.parquet")
 
     # Later days (with a much larger volume) must not move the band of an earlier day.
     history(vsettings, ["2011-03-08", "2011-03-15"], n=300)
     again = validate(vsettings, *interval(DAY))
 
     assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)
-    assert store.read_bytes("validated", "events", f"date={DAY}", "part-0.parquet") == validated_bytes
+    assert store.read_bytes(*VALIDATED_EVENTS, f"date={DAY}", "part-0.parquet") == validated_bytes
 
 
 def test_a_failed_batch_removes_a_stale_validated_partition_and_a_fixed_rerun_publishes(vsettings):
@@ -162,7 +162,7 @@ def test_a_failed_batch_removes_a_stale_validated_partition_and_a_fixed_rerun_pu
     with pytest.raises(ValidationFailed) as failed:
         validate(vsettings, *interval(DAY))
     assert "quarantine_share: observed 0.5, expected {'max_value': 0.1}" in str(failed.value)
-    assert not partition_exists(zone_store(vsettings), "validated", "events", dt.date(2011, 3, 1))
+    assert not partition_exists(zone_store(vsettings), *VALIDATED_EVENTS, dt.date(2011, 3, 1))
     _, quarantine = outputs(vsettings, DAY)
     assert len(quarantine) == 20  # the bad rows are still kept, with their reason
     with pytest.raises(PublishRefused, match="validation failed"):
@@ -174,7 +174,7 @@ def test_a_failed_batch_removes_a_stale_validated_partition_and_a_fixed_rerun_pu
     validate(vsettings, *interval(DAY))
     assert publish(vsettings, *interval(DAY)) == {
         "day": DAY,
-        "uri": zone_store(vsettings).uri_of("validated", "events", f"date={DAY}", "part-0.parquet"),
+        "uri": zone_store(vsettings).uri_of(*VALIDATED_EVENTS, f"date={DAY}", "part-0.parquet"),
         "rows": 41,
     }
 
@@ -219,13 +219,13 @@ def test_sources_without_guests_quarantine_lines_without_a_customer(make_setting
 
 
 def test_validated_partition_has_the_published_schema(vsettings):
-    from propensity.schema import QUARANTINE_SCHEMA, VALIDATED_SCHEMA
+    from propensity.core.schema import QUARANTINE_SCHEMA, VALIDATED_SCHEMA
 
     write_raw(vsettings, DAY, [sale(DAY, i) for i in range(39)] + [sale(DAY, 39, unit_price=-1.0)])
     validate(vsettings, *interval(DAY))
     store = zone_store(vsettings)
-    validated = pq.read_schema(store.path("validated", "events", f"date={DAY}", "part-0.parquet"))
-    quarantine = pq.read_schema(store.path("quarantine", "events", f"date={DAY}", "part-0.parquet"))
+    validated = pq.read_schema(store.path(*VALIDATED_EVENTS, f"date={DAY}", "part-0.parquet"))
+    quarantine = pq.read_schema(store.path(*QUARANTINED_EVENTS, f"date={DAY}", "part-0.parquet"))
     assert validated.remove_metadata() == VALIDATED_SCHEMA
     assert quarantine.remove_metadata() == QUARANTINE_SCHEMA
 
@@ -243,8 +243,8 @@ def test_validation_runs_where_main_has_no_file(vsettings):
     write_raw(vsettings, DAY, [sale(DAY, i) for i in range(40)])
     code = (
         "import datetime as dt, sys\n"
-        "from propensity.settings import Settings\n"
-        "from propensity.validate import validate\n"
+        "from propensity.core.settings import Settings\n"
+        "from propensity.ingest.validate import validate\n"
         "s = Settings(zone_root=sys.argv[1], validation={'data_docs': False})\n"
         "start = dt.datetime(2011, 3, 1, tzinfo=dt.UTC)\n"
         "print('STATUS', validate(s, start, start + dt.timedelta(days=1))['status'])\n"

@@ -7,9 +7,9 @@ import random
 
 import pandas as pd
 
-from propensity import sources
-from propensity.collect import zone_store
-from propensity.storage import write_partition
+from propensity.core.storage import write_partition
+from propensity.core.zones import RAW_EVENTS, zone_store
+from propensity.ingest import sources
 
 UTC = dt.UTC
 
@@ -54,5 +54,5 @@ def write_raw(settings, day: str, rows: list[dict]) -> None:
         frame["is_return"] = frame["is_return"].astype("boolean")
         frame = frame[sources.RAW_SCHEMA.names]
     write_partition(
-        zone_store(settings), "raw", "events", dt.date.fromisoformat(day), sources.to_table(frame)
+        zone_store(settings), *RAW_EVENTS, dt.date.fromisoformat(day), sources.to_table(frame)
     )

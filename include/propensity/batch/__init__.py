@@ -1,0 +1,1 @@
+"""Batch: nightly scoring of every active customer in Spark, into the predictions database."""

@@ -1,0 +1,719 @@
+"""Feast materialization into Redis, serialized from Arrow in bulk: Feast's batch engine for this project.
+
+Feast's local engine reads the offline source, keeps rows in the date range and the latest row
+per entity (its own DAG nodes, reused unchanged here), then converts every value to protobuf in
+Python (``feast.utils._convert_arrow_to_proto``) and hands the rows to
+``RedisOnlineStore.online_write_batch``. That conversion alone caps materialization at about a
+third of a raw pipelined Redis write. :class:`ArrowRedisEngine` replaces only the last step: for
+the Redis online store it encodes keys, hash fields and values column by column with
+numpy/pyarrow and sends pre-packed ``HMGET``/``HSET`` (and ``EXPIRE``) pipelines.
+
+What lands in Redis is byte for byte what ``online_write_batch`` writes: key
+``serialize_entity_key(v3) + project``, field ``_ts:<view>`` (a protobuf ``Timestamp``) and one
+``mmh3("<view>:<feature>")`` field per feature (a serialized ``ValueProto``, empty for null or
+NaN); a row whose stored ``_ts`` is as new or newer is skipped; ``key_ttl_seconds`` adds an
+``EXPIRE`` after each write; ``skip_dedup`` skips the timestamp read. As Feast, every stored
+timestamp is read before the first write, so an error while reading leaves Redis unchanged.
+Anything else (another online store, Redis Cluster, several join keys, a column type or value
+not handled here) takes Feast's stock path, decided from whole columns before anything is sent;
+the log says which path ran and why. Bytes are encoded ``block_rows`` rows at a time.
+
+Enable it in ``feature_store.yaml``::
+
+    batch_engine:
+      type: propensity.features.feast_redis.ArrowRedisEngine
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from feast.infra.common.materialization_job import MaterializationJobStatus, MaterializationTask
+from feast.infra.compute_engines.dag.context import ExecutionContext
+from feast.infra.compute_engines.local.arrow_table_value import ArrowTableValue
+from feast.infra.compute_engines.local.compute import LocalComputeEngine
+from feast.infra.compute_engines.local.feature_builder import LocalFeatureBuilder
+from feast.infra.compute_engines.local.job import LocalMaterializationJob
+from feast.infra.compute_engines.local.nodes import LocalOutputNode
+from feast.infra.online_stores.helpers import _mmh3
+from feast.infra.online_stores.redis import RedisOnlineStore, RedisType, _versioned_fv_name
+from feast.infra.registry.base_registry import BaseRegistry
+from feast.repo_config import FeastConfigBaseModel, RepoConfig
+from feast.value_type import ValueType
+from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import Field, StrictStr
+
+log = logging.getLogger(__name__)
+
+ENGINE_TYPE = "propensity.features.feast_redis.ArrowRedisEngine"
+WritePath = Literal["arrow-redis", "feast"]
+
+# Tags of the ValueProto fields written here: (field number << 3) | wire type.
+_TAG = {
+    ValueType.STRING: 0x12,  # 2, length-delimited
+    ValueType.INT32: 0x18,  # 3, varint
+    ValueType.INT64: 0x20,  # 4, varint
+    ValueType.DOUBLE: 0x29,  # 5, fixed64
+    ValueType.FLOAT: 0x35,  # 6, fixed32
+    ValueType.BOOL: 0x38,  # 7, varint
+}
+_INT32_RANGE = (-(2**31), 2**31 - 1)
+# Timestamp.FromDatetime accepts 0001-01-01 .. 9999-12-31; nanoseconds must fit an int64 here.
+_MAX_ABS_MICROS = 9_000_000_000_000_000
+
+
+class FastPathUnsupported(Exception):
+    """This table or store is not one the Arrow path writes exactly as Feast would: use Feast's."""
+
+
+class ArrowRedisEngineConfig(FeastConfigBaseModel):
+    """``batch_engine`` settings: Feast's local engine plus the Arrow write into Redis."""
+
+    type: StrictStr = ENGINE_TYPE
+    backend: str | None = None  # as Feast's local engine: the DataFrame backend of its nodes
+    block_rows: int = Field(default=10_000, gt=0)  # rows per round trip (timestamps read, then written)
+
+
+class ArrowRedisEngine(LocalComputeEngine):
+    """Feast's local compute engine whose online write goes through :class:`ArrowRedisOutputNode`.
+
+    ``paths`` records, per feature view, which write path its last materialization took (an
+    empty table or an offline-only view included: that path ran and wrote nothing online);
+    ``written`` how many rows the Arrow path wrote, the rest being as new or newer in Redis.
+    """
+
+    def __init__(
+        self, *, type: str = ENGINE_TYPE, backend: str | None = None, block_rows: int = 10_000, **kwargs: Any
+    ) -> None:
+        config = ArrowRedisEngineConfig(type=type, backend=backend, block_rows=block_rows)
+        super().__init__(backend=config.backend, **kwargs)
+        self.block_rows = config.block_rows
+        self.paths: dict[str, WritePath] = {}
+        self.written: dict[str, int] = {}  # rows the Arrow path wrote (not kept back as stale)
+
+    def _materialize_one(
+        self, registry: BaseRegistry, task: MaterializationTask, **kwargs: Any
+    ) -> LocalMaterializationJob:
+        job_id = f"{task.feature_view.name}-{task.start_time}-{task.end_time}"
+        try:
+            context = self.get_execution_context(registry, task)
+            builder = _FeatureBuilder(registry, task, self._get_backend(context), self)
+            builder.build().execute(context)
+            return LocalMaterializationJob(job_id=job_id, status=MaterializationJobStatus.SUCCEEDED)
+        except Exception as e:  # as Feast's local engine: the provider re-raises a failed job's error
+            return LocalMaterializationJob(job_id=job_id, status=MaterializationJobStatus.ERROR, error=e)
+
+
+class _FeatureBuilder(LocalFeatureBuilder):
+    """Feast's local plan (read, filter, latest row per entity) with the Arrow output node."""
+
+    def __init__(
+        self, registry: BaseRegistry, task: MaterializationTask, backend: Any, engine: ArrowRedisEngine
+    ):
+        super().__init__(registry, task, backend=backend)
+        self.engine = engine
+
+    def build_output_nodes(self, view: Any, input_node: Any) -> ArrowRedisOutputNode:
+        node = ArrowRedisOutputNode("output", self.dag_root.view, self.engine, inputs=[input_node])
+        self.nodes.append(node)
+        return node
+
+
+class ArrowRedisOutputNode(LocalOutputNode):
+    """Writes the view's rows into Redis from Arrow, or hands them to Feast's own output node."""
+
+    def __init__(self, name: str, feature_view: Any, engine: ArrowRedisEngine, inputs: list[Any]):
+        super().__init__(name, feature_view, inputs=inputs)
+        self.engine = engine
+
+    def execute(self, context: ExecutionContext) -> ArrowTableValue:
+        table = self.get_single_table(context).data
+        view = self.feature_view
+        if not view.online:
+            log.info("materialize %s: offline-only view, no online write (Feast's output node)", view.name)
+            self.engine.paths[view.name] = "feast"
+            self.engine.written.pop(view.name, None)
+            return super().execute(context)
+        try:
+            plan = RedisWritePlan.for_table(context.repo_config, context.online_store, view, table)
+        except FastPathUnsupported as why:
+            log.info("materialize %s: Feast's stock path, %d rows (%s)", view.name, table.num_rows, why)
+            self.engine.paths[view.name] = "feast"
+            self.engine.written.pop(view.name, None)
+            return super().execute(context)
+        written = 0
+        if table.num_rows:
+            written = plan.write(
+                context.online_store._get_client(context.repo_config.online_store), self.engine.block_rows
+            )
+        log.info(
+            "materialize %s: Arrow->Redis path, %d rows: %d written, %d kept (stored row as new or newer)",
+            view.name,
+            table.num_rows,
+            written,
+            table.num_rows - written,
+        )
+        self.engine.paths[view.name] = "arrow-redis"
+        self.engine.written[view.name] = written
+        if view.offline and table.num_rows:  # as Feast's output node: an empty table writes nothing
+            context.offline_store.offline_write_batch(
+                config=context.repo_config, feature_view=view, table=table, progress=lambda x: None
+            )
+        output = ArrowTableValue(data=table)
+        context.node_outputs[self.name] = output
+        return output
+
+
+# -- encoding ------------------------------------------------------------------------------
+
+
+def _varint(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Protobuf varints of uint64 ``u``: an (n, 10) byte matrix and each row's length."""
+    shifts = np.arange(0, 70, 7, dtype=np.uint64)
+    shifted = u[:, None] >> shifts
+    lengths = np.maximum(1, (shifted != 0).sum(axis=1))
+    more = np.arange(10) < (lengths - 1)[:, None]
+    return ((shifted & np.uint64(0x7F)) | (more * np.uint64(0x80))).astype(np.uint8), lengths
+
+
+def _ragged(pieces: list[tuple[np.ndarray, np.ndarray]]) -> pa.LargeBinaryArray:
+    """Row i: the first ``lengths[i]`` bytes of each piece's row i, concatenated."""
+    mat = np.hstack([m.reshape(len(m), -1) for m, _ in pieces])
+    mask = np.hstack([np.arange(m.reshape(len(m), -1).shape[1]) < lengths[:, None] for m, lengths in pieces])
+    total = np.sum([lengths for _, lengths in pieces], axis=0, dtype=np.int64)
+    offsets = np.zeros(len(total) + 1, dtype=np.int64)
+    np.cumsum(total, out=offsets[1:])
+    data = np.ascontiguousarray(mat[mask])
+    return pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(total), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+
+
+def _const(n: int, byte: int, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((n, 1), byte, dtype=np.uint8), present.astype(np.int64)
+
+
+def _null_mask(column: pa.Array) -> np.ndarray:
+    return column.is_null().to_numpy(zero_copy_only=False)
+
+
+def _int_values(name: str, column: pa.Array, via_float: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Integer values and null mask as Feast derives them (``int(x)`` of ``to_numpy`` output).
+
+    Feast's ``to_numpy`` turns an integer column with nulls, or a float column, into float64:
+    ``int()`` then truncates, NaN is null, and past 2**53 the float rounds (to nearest, as here).
+    ``via_float`` says whether this integer column had nulls in the batch Feast converted
+    (default: this column has nulls); a block of a larger column passes its column's answer.
+    """
+    if pa.types.is_integer(column.type):
+        if via_float is None:
+            via_float = column.null_count > 0
+        if via_float:  # exactly Feast's conversion, then the float branch below
+            column = pc.cast(column, pa.float64(), safe=False)
+        else:
+            if column.type == pa.uint64() and (pc.max(column).as_py() or 0) > 2**63 - 1:
+                raise FastPathUnsupported(f"{name}: uint64 values past int64")
+            return pc.fill_null(column, 0).to_numpy().astype(np.int64), _null_mask(column)
+    if pa.types.is_floating(column.type):
+        raw = pc.fill_null(column, 0).to_numpy().astype(np.float64)
+        null = _null_mask(column) | np.isnan(raw)
+        kept = raw[~null]
+        if not np.all(np.isfinite(kept)) or np.any(np.abs(kept) >= 2**63):
+            raise FastPathUnsupported(f"{name}: values out of int64 range")
+        return np.where(null, 0, np.trunc(raw)).astype(np.int64), null
+    raise FastPathUnsupported(f"{name}: integer feature from a {column.type} column")
+
+
+def _int_bounds(name: str, column: pa.Array | pa.ChunkedArray, via_float: bool) -> tuple[int, int] | None:
+    """Least and greatest value :func:`_int_values` yields over the whole column (None: no values).
+
+    Raises :class:`FastPathUnsupported` where it would for some block of the column. Both of
+    Feast's conversions (float rounding, truncation) are monotonic, so the bounds of the converted
+    values are the converted bounds; NaN and nulls are skipped as ``pc.min_max`` skips them.
+    """
+    if pa.types.is_integer(column.type):
+        lo, hi = (v.as_py() for v in pc.min_max(column).values())
+        if lo is None:
+            return None
+        if via_float:
+            lo, hi = float(lo), float(hi)  # Python rounds to nearest, as the cast does
+            if max(abs(lo), abs(hi)) >= 2**63:
+                raise FastPathUnsupported(f"{name}: values out of int64 range")
+            return int(lo), int(hi)
+        if hi > 2**63 - 1:
+            raise FastPathUnsupported(f"{name}: uint64 values past int64")
+        return lo, hi
+    if pa.types.is_floating(column.type):
+        lo, hi = (v.as_py() for v in pc.min_max(column).values())
+        if lo is None or np.isnan(lo):  # every value null or NaN
+            return None
+        if not (np.isfinite(lo) and np.isfinite(hi)) or max(abs(lo), abs(hi)) >= 2**63:
+            raise FastPathUnsupported(f"{name}: values out of int64 range")
+        return int(lo), int(hi)  # int() truncates
+    raise FastPathUnsupported(f"{name}: integer feature from a {column.type} column")
+
+
+def check_values(
+    name: str, value_type: ValueType, column: pa.Array | pa.ChunkedArray, via_float: bool = False
+) -> None:
+    """Raise :class:`FastPathUnsupported` if :func:`encode_values` would for any block of the column.
+
+    The whole column is checked before anything is written, from its type and its bounds only.
+    """
+    t = column.type
+    if value_type in _TAG and column.null_count == len(column):
+        return  # every block of it is all null: empty values, whatever the type
+    if value_type in (ValueType.INT64, ValueType.INT32):
+        bounds = _int_bounds(name, column, via_float)
+        if (
+            value_type == ValueType.INT32
+            and bounds
+            and (bounds[0] < _INT32_RANGE[0] or bounds[1] > _INT32_RANGE[1])
+        ):
+            raise FastPathUnsupported(f"{name}: values out of int32 range")
+        return
+    if (
+        (value_type == ValueType.DOUBLE and t == pa.float64())
+        or (value_type == ValueType.FLOAT and t == pa.float32())
+        or (value_type == ValueType.BOOL and t == pa.bool_())
+        or (value_type == ValueType.STRING and (pa.types.is_string(t) or pa.types.is_large_string(t)))
+    ):
+        return
+    raise FastPathUnsupported(f"{name}: {value_type.name} feature from a {t} column")
+
+
+def encode_values(
+    name: str, value_type: ValueType, column: pa.Array, via_float: bool | None = None
+) -> pa.LargeBinaryArray:
+    """Serialized ``ValueProto`` per row, as ``python_values_to_proto_values`` + ``SerializeToString``.
+
+    ``via_float``: see :func:`_int_values` (integer columns only).
+    """
+    n = len(column)
+    t = column.type
+    if value_type in _TAG and column.null_count == n:  # Feast: no sample value, every row null
+        return pa.array([b""] * n, pa.large_binary())
+    if value_type in (ValueType.INT64, ValueType.INT32):
+        values, null = _int_values(name, column, via_float)
+        if value_type == ValueType.INT32 and np.any((values < _INT32_RANGE[0]) | (values > _INT32_RANGE[1])):
+            raise FastPathUnsupported(f"{name}: values out of int32 range")
+        varint, lengths = _varint(values.view(np.uint64))  # negatives: 10-byte two's complement
+        return _ragged([_const(n, _TAG[value_type], ~null), (varint, np.where(null, 0, lengths))])
+    if value_type == ValueType.DOUBLE and t == pa.float64():
+        raw = pc.fill_null(column, 0.0).to_numpy()
+        present = ~(_null_mask(column) | np.isnan(raw))
+        data = raw.astype("<f8").view(np.uint8).reshape(n, 8)
+        return _ragged([_const(n, _TAG[value_type], present), (data, present * 8)])
+    if value_type == ValueType.FLOAT and t == pa.float32():
+        raw = pc.fill_null(column, 0.0).to_numpy()
+        present = ~(_null_mask(column) | np.isnan(raw))
+        data = raw.astype("<f4").view(np.uint8).reshape(n, 4)
+        return _ragged([_const(n, _TAG[value_type], present), (data, present * 4)])
+    if value_type == ValueType.BOOL and t == pa.bool_():
+        present = ~_null_mask(column)
+        raw = pc.fill_null(column, False).to_numpy(zero_copy_only=False).astype(np.uint8).reshape(n, 1)
+        return _ragged([_const(n, _TAG[value_type], present), (raw, present.astype(np.int64))])
+    if value_type == ValueType.STRING and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        present = ~_null_mask(column)
+        sizes = pc.fill_null(pc.binary_length(column), 0).to_numpy().astype(np.uint64)
+        varint, lengths = _varint(sizes)
+        header = _ragged([_const(n, _TAG[value_type], present), (varint, np.where(present, lengths, 0))])
+        body = _join([header, column.cast(pa.large_binary())])
+        return pc.fill_null(body, pa.scalar(b"", pa.large_binary()))
+    raise FastPathUnsupported(f"{name}: {value_type.name} feature from a {t} column")
+
+
+def check_entity_keys(join_key: str, value_type: ValueType, column: pa.Array | pa.ChunkedArray) -> None:
+    """Raise :class:`FastPathUnsupported` unless every row has its own key :func:`encode_entity_keys` encodes."""
+    if column.null_count:
+        raise FastPathUnsupported(f"join key {join_key} has nulls")
+    t = column.type
+    if value_type == ValueType.STRING and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        pass
+    elif value_type in (ValueType.INT64, ValueType.INT32) and pa.types.is_integer(t) and t != pa.uint64():
+        lo, hi = (v.as_py() for v in pc.min_max(column).values())
+        if (
+            value_type == ValueType.INT32
+            and lo is not None
+            and (lo < _INT32_RANGE[0] or hi > _INT32_RANGE[1])
+        ):
+            raise FastPathUnsupported(f"join key {join_key}: values out of int32 range")
+    else:
+        raise FastPathUnsupported(f"join key {join_key}: {value_type.name} from a {t} column")
+    # One key per distinct value of the one join key (the encoding is one to one).
+    if len(column) and pc.count_distinct(column).as_py() != len(column):
+        raise FastPathUnsupported("several rows per entity key")
+
+
+def encode_entity_keys(
+    join_key: str, value_type: ValueType, column: pa.Array, project: str
+) -> pa.LargeBinaryArray:
+    """Redis keys: ``serialize_entity_key`` (version 3, one join key) followed by the project."""
+    if column.null_count:
+        raise FastPathUnsupported(f"join key {join_key} has nulls")
+    name = join_key.encode("utf8")
+    head = (
+        struct.pack("<III", 1, ValueType.STRING.value, len(name)) + name + struct.pack("<I", value_type.value)
+    )
+    n = len(column)
+    if value_type == ValueType.STRING and (
+        pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    ):
+        sizes = pc.binary_length(column).to_numpy().astype("<u4").view(np.uint8).reshape(n, 4)
+        size = _ragged([(sizes, np.full(n, 4, dtype=np.int64))])
+        return _join([head, size, column.cast(pa.large_binary()), project.encode("utf8")])
+    if (
+        value_type in (ValueType.INT64, ValueType.INT32)
+        and pa.types.is_integer(column.type)
+        and column.type != pa.uint64()
+    ):
+        values = column.to_numpy().astype(np.int64)
+        fmt, width = ("<i8", 8) if value_type == ValueType.INT64 else ("<i4", 4)
+        if width == 4 and np.any((values < _INT32_RANGE[0]) | (values > _INT32_RANGE[1])):
+            raise FastPathUnsupported(f"join key {join_key}: values out of int32 range")
+        data = values.astype(fmt).view(np.uint8).reshape(n, width)
+        body = _ragged([(data, np.full(n, width, dtype=np.int64))])
+        return _join([head + struct.pack("<I", width), body, project.encode("utf8")])
+    raise FastPathUnsupported(f"join key {join_key}: {value_type.name} from a {column.type} column")
+
+
+def event_micros(column: pa.Array) -> np.ndarray:
+    """Event timestamps as UTC microseconds, the precision Feast's datetimes keep."""
+    if not pa.types.is_timestamp(column.type) or column.null_count:
+        raise FastPathUnsupported(f"event timestamps of type {column.type} or with nulls")
+    raw = column.cast(pa.timestamp(column.type.unit)).cast(pa.int64()).to_numpy()
+    if column.type.unit == "ns":
+        if np.any(raw % 1000):  # Feast's datetimes drop them; not copied here
+            raise FastPathUnsupported("event timestamps with sub-microsecond parts")
+        micros = raw // 1000
+    else:
+        scale = {"s": 1_000_000, "ms": 1000, "us": 1}[column.type.unit]
+        bound = _MAX_ABS_MICROS // scale
+        if np.any((raw > bound) | (raw < -bound)):
+            raise FastPathUnsupported("event timestamps out of range")
+        micros = raw * scale
+    if np.any((micros > _MAX_ABS_MICROS) | (micros < -_MAX_ABS_MICROS)):
+        raise FastPathUnsupported("event timestamps out of range")
+    return micros
+
+
+def encode_timestamps(micros: np.ndarray) -> pa.LargeBinaryArray:
+    """Serialized ``Timestamp`` protos, as ``Timestamp.FromDatetime`` + ``SerializeToString``."""
+    n = len(micros)
+    seconds, nanos = np.divmod(micros, 1_000_000)
+    nanos = nanos * 1000
+    sec_varint, sec_len = _varint(seconds.view(np.uint64))
+    nano_varint, nano_len = _varint(nanos.astype(np.uint64))
+    has_s, has_n = seconds != 0, nanos != 0  # proto3 leaves zero fields out
+    return _ragged(
+        [
+            _const(n, 0x08, has_s),
+            (sec_varint, np.where(has_s, sec_len, 0)),
+            _const(n, 0x10, has_n),
+            (nano_varint, np.where(has_n, nano_len, 0)),
+        ]
+    )
+
+
+def _bulk(values: pa.Array) -> list[Any]:
+    """RESP bulk string parts of each row's bytes: ``$<len>\\r\\n``, bytes, ``\\r\\n``."""
+    lengths = pc.binary_length(values).cast(pa.string()).cast(pa.large_binary())
+    return [b"$", lengths, b"\r\n", values, b"\r\n"]
+
+
+def _bulk_const(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _join(parts: list[Any]) -> pa.LargeBinaryArray:
+    merged: list[Any] = []
+    for part in parts:  # adjacent constants as one scalar: fewer arguments to join
+        if isinstance(part, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] += part
+        else:
+            merged.append(part)
+    scalars = [pa.scalar(p, pa.large_binary()) if isinstance(p, bytes) else p for p in merged]
+    return pc.binary_join_element_wise(*scalars, pa.scalar(b"", pa.large_binary()))
+
+
+def _payload(commands: pa.LargeBinaryArray) -> memoryview:
+    """The concatenated bytes of a binary array's rows (its values buffer), without a copy."""
+    offsets = np.frombuffer(
+        commands.buffers()[1], dtype=np.int64, count=len(commands) + 1, offset=8 * commands.offset
+    )
+    return memoryview(commands.buffers()[2])[offsets[0] : offsets[-1]]
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    """One column of ``table`` as a single array (zero-copy where it is one chunk)."""
+    chunks = table.column(name).chunks
+    if len(chunks) == 1:
+        return chunks[0]
+    if not chunks:
+        return pa.array([], table.schema.field(name).type)
+    return pa.concat_arrays(chunks)
+
+
+def _feast_batch_starts(table: pa.Table, batch_size: int | None) -> list[int]:
+    """First row of each batch Feast's output node converts (``online_write_batch_size``)."""
+    if batch_size is None:
+        return [0]
+    lengths = [b.num_rows for b in table.to_batches(max_chunksize=batch_size)]
+    return [0, *np.cumsum(lengths[:-1]).tolist()] if lengths else [0]
+
+
+def _via_float(column: pa.ChunkedArray, starts: list[int]) -> bool | np.ndarray:
+    """Whether Feast converts each row of this integer column through float64: its batch has nulls."""
+    if not column.null_count:
+        return False
+    if len(starts) == 1:
+        return True
+    flags = np.add.reduceat(_null_mask(column).astype(np.int64), starts) > 0
+    if flags.all():
+        return True
+    return np.repeat(flags, np.diff([*starts, len(column)]))
+
+
+class RedisWriteError(RuntimeError):
+    """A Redis error while the Arrow path wrote (or read before writing) a view's rows."""
+
+
+def _redis_error(err: BaseException, what: str) -> BaseException:
+    """``err`` with ``what`` (which command, rows and key) in its message, of the same type if possible."""
+    message = f"{what}: {err}"
+    try:
+        wrapped = type(err)(message)
+    except Exception:
+        return RedisWriteError(message)
+    return wrapped if str(wrapped) == message else RedisWriteError(message)
+
+
+@dataclass(frozen=True)
+class _Feature:
+    name: str
+    value_type: ValueType
+    field: bytes
+    via_float: bool | np.ndarray  # integer columns: Feast converts through float64 (per row)
+
+
+@dataclass(frozen=True)
+class RedisWritePlan:
+    """The rows of one materialization, to be written as ``RedisOnlineStore.online_write_batch`` writes them.
+
+    Every check is made on whole columns by :meth:`for_table`, before anything is read or written;
+    the bytes are then encoded a block of rows at a time (keys twice: to read, then to write), so
+    beyond the table itself and 9 bytes a row (event time, whether to write it) memory grows with
+    the block size only.
+    """
+
+    table: pa.Table  # the columns written, in Feast's row order
+    join_key: str
+    key_type: ValueType
+    project: str
+    features: list[_Feature]
+    event_micros: np.ndarray
+    ts_field: bytes
+    key_ttl_seconds: int | None
+    skip_dedup: bool
+    view_name: str = ""
+
+    @classmethod
+    def for_table(cls, config: RepoConfig, online_store: Any, view: Any, table: pa.Table) -> RedisWritePlan:
+        store_config = config.online_store
+        if not isinstance(online_store, RedisOnlineStore):
+            raise FastPathUnsupported(f"online store {type(online_store).__name__}")
+        if type(online_store).online_write_batch is not RedisOnlineStore.online_write_batch:
+            raise FastPathUnsupported(f"{type(online_store).__name__} writes rows its own way")
+        if store_config.redis_type != RedisType.redis:
+            raise FastPathUnsupported(f"redis_type {store_config.redis_type.value}")
+        if config.entity_key_serialization_version != 3:
+            raise FastPathUnsupported(
+                f"entity_key_serialization_version {config.entity_key_serialization_version}"
+            )
+        join_keys = {e.name: e.dtype.to_value_type() for e in view.entity_columns}
+        if len(join_keys) != 1:
+            raise FastPathUnsupported(f"{len(join_keys)} join keys")
+        if view.batch_source is None:
+            raise FastPathUnsupported("no batch source")
+        ts_column = view.batch_source.timestamp_field
+        ((join_key, key_type),) = join_keys.items()
+        names = list(dict.fromkeys([ts_column, join_key, *(f.name for f in view.features)]))
+        missing = [c for c in names if c not in table.column_names]
+        if missing:
+            raise FastPathUnsupported(f"columns {missing} not in the table")
+        table = table.select(names)
+        # No rows, nothing to encode: column types (null ones from Feast's empty read) do not matter.
+        checked = table.num_rows > 0
+
+        if checked:
+            check_entity_keys(join_key, key_type, table.column(join_key))
+        micros = event_micros(table.column(ts_column)) if checked else np.zeros(0, dtype=np.int64)
+        starts = _feast_batch_starts(table, config.materialization_config.online_write_batch_size)
+        fv_name = _versioned_fv_name(view, config)
+        features = []
+        for feature in view.features:
+            column = table.column(feature.name)
+            value_type = feature.dtype.to_value_type()
+            via_float = _via_float(column, starts) if pa.types.is_integer(column.type) else False
+            if checked and isinstance(via_float, np.ndarray):  # some Feast batches via float, some not
+                for start, stop in zip(starts, [*starts[1:], len(column)], strict=True):
+                    check_values(
+                        feature.name, value_type, column.slice(start, stop - start), via_float[start]
+                    )
+            elif checked:
+                check_values(feature.name, value_type, column, via_float)
+            features.append(_Feature(feature.name, value_type, _mmh3(f"{fv_name}:{feature.name}"), via_float))
+        ttl = store_config.key_ttl_seconds
+        return cls(
+            table=table,
+            join_key=join_key,
+            key_type=key_type,
+            project=config.project,
+            features=features,
+            event_micros=micros,
+            ts_field=f"_ts:{fv_name}".encode(),
+            key_ttl_seconds=ttl or None,
+            skip_dedup=store_config.skip_dedup,
+            view_name=view.name,
+        )
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def blocks(self, block_rows: int) -> Iterator[tuple[int, int]]:
+        for start in range(0, self.num_rows, block_rows):
+            yield start, min(start + block_rows, self.num_rows)
+
+    def keys(self, start: int, stop: int) -> pa.LargeBinaryArray:
+        column = _column(self.table.slice(start, stop - start), self.join_key)
+        return encode_entity_keys(self.join_key, self.key_type, column, self.project)
+
+    def commands(self, start: int, stop: int) -> tuple[pa.LargeBinaryArray, pa.LargeBinaryArray]:
+        """Rows ``[start, stop)``: their keys, and each one's packed ``HSET`` (and ``EXPIRE``)."""
+        block = self.table.slice(start, stop - start)
+        keys = self.keys(start, stop)
+        fields = [(self.ts_field, encode_timestamps(self.event_micros[start:stop]))]
+        for f in self.features:
+            via_float = f.via_float[start] if isinstance(f.via_float, np.ndarray) else f.via_float
+            if isinstance(f.via_float, np.ndarray) and not np.all(f.via_float[start:stop] == via_float):
+                parts = [  # a block across two of Feast's batches: encode each part as its batch
+                    encode_values(
+                        f.name, f.value_type, _column(block, f.name).slice(i, j - i), f.via_float[start + i]
+                    )
+                    for i, j in _runs(f.via_float[start:stop])
+                ]
+                encoded = pa.concat_arrays(parts)
+            else:
+                encoded = encode_values(f.name, f.value_type, _column(block, f.name), via_float)
+            fields.append((f.field, encoded))
+        parts: list[Any] = [b"*%d\r\n" % (2 + 2 * len(fields)), _bulk_const(b"HSET"), *_bulk(keys)]
+        for field, values in fields:
+            parts += [_bulk_const(field), *_bulk(values)]
+        if self.key_ttl_seconds:  # as Feast: EXPIRE after every HSET it sends
+            parts += [
+                b"*3\r\n",
+                _bulk_const(b"EXPIRE"),
+                *_bulk(keys),
+                _bulk_const(str(self.key_ttl_seconds).encode()),
+            ]
+        return keys, _join(parts)
+
+    def write(self, client: Any, block_rows: int) -> int:
+        """Write the rows newer than what Redis holds (all of them with ``skip_dedup``); returns how many.
+
+        As Feast: every stored timestamp is read before anything is written, so a Redis error
+        while reading (a key holding another type, say) leaves Redis as it was; an error reply to
+        a write does not stop the other rows' writes, and is raised once all were sent. Errors
+        name the command, rows and key that failed.
+        """
+        import redis
+
+        conn = client.connection_pool.get_connection()
+        try:
+            keep = np.ones(self.num_rows, dtype=bool)
+            if not self.skip_dedup:
+                for start, stop in self.blocks(block_rows):
+                    keep[start:stop] = self.newer_than_stored(conn, start, stop)
+            written, failed = 0, []
+            per_row = 2 if self.key_ttl_seconds else 1
+            for start, stop in self.blocks(block_rows):
+                if not keep[start:stop].any():
+                    continue
+                rows = np.flatnonzero(keep[start:stop])
+                keys, commands = self.commands(start, stop)
+                if len(rows) < stop - start:
+                    mask = pa.array(keep[start:stop])
+                    keys, commands = keys.filter(mask), commands.filter(mask)
+                try:
+                    conn.send_packed_command([_payload(commands)], check_health=False)
+                    for i in range(len(commands) * per_row):
+                        try:
+                            conn.read_response()
+                        except redis.ResponseError as e:  # the reply was read: go on, as a pipeline does
+                            row = i // per_row
+                            command = "EXPIRE" if i % per_row else "HSET"
+                            failed.append(
+                                (e, f"{command} of row {start + rows[row]} (key {keys[row].as_py()!r})")
+                            )
+                except redis.RedisError as e:
+                    raise _redis_error(
+                        e,
+                        f"{self.view_name}: writing rows [{start}, {stop}) (the rows to write before {start} were written)",
+                    ) from e
+                written += len(commands)
+            if failed:
+                err, what = failed[0]
+                raise _redis_error(
+                    err, f"{self.view_name}: {len(failed)} error replies writing {written} rows, first {what}"
+                ) from err
+            return written
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: the connection cannot be reused
+            raise
+        finally:
+            client.connection_pool.release(conn)
+
+    def newer_than_stored(self, conn: Any, start: int, stop: int) -> np.ndarray:
+        """Feast's rule: write unless the stored ``_ts`` is set and as new or newer."""
+        import redis
+
+        keys = self.keys(start, stop)
+        commands = _join([b"*3\r\n", _bulk_const(b"HMGET"), *_bulk(keys), _bulk_const(self.ts_field)])
+        what = f"{self.view_name}: reading stored timestamps of rows [{start}, {stop}) (nothing written)"
+        stored: list[bytes | None] = []
+        failed = []
+        try:
+            conn.send_packed_command([_payload(commands)], check_health=False)
+            for i in range(len(keys)):
+                try:
+                    stored.append(conn.read_response()[0])
+                except redis.ResponseError as e:  # read in full: the block's other replies follow
+                    failed.append((e, f"HMGET of row {start + i} (key {keys[i].as_py()!r})"))
+        except redis.RedisError as e:
+            raise _redis_error(e, what) from e
+        if failed:
+            err, first = failed[0]
+            raise _redis_error(err, f"{what}: {len(failed)} failed, first {first}") from err
+        nanos: dict[bytes | None, int] = {None: 0, b"": 0}
+        bound = np.iinfo(np.int64)
+        for blob in set(stored) - nanos.keys():  # one snapshot time for most keys: parse each once
+            ts = Timestamp.FromString(blob)
+            # A stored time past 2262 does not fit int64 nanoseconds; clamped, it compares the same
+            # way with event times, which all lie within that range.
+            nanos[blob] = min(max(ts.seconds * 1_000_000_000 + ts.nanos, bound.min), bound.max)
+        prev = np.fromiter((nanos[b] for b in stored), dtype=np.int64, count=len(stored))
+        return (prev == 0) | (self.event_micros[start:stop] * 1000 > prev)
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """``[i, j)`` ranges of equal consecutive values."""
+    edges = [0, *(np.flatnonzero(flags[1:] != flags[:-1]) + 1).tolist(), len(flags)]
+    return list(zip(edges[:-1], edges[1:], strict=True))

@@ -1,0 +1,1 @@
+"""Ingest: source adapters, collection of one day, the trading calendar, and validation with quarantine."""

@@ -1,0 +1,1 @@
+"""Serving: model backends, deploys to the Triton repository, and the prediction API."""

@@ -1,0 +1,455 @@
+"""The prediction API: online features from Feast, the champion's score, shadow scoring, a request log.
+
+``create_app(settings)`` builds a FastAPI app; ``propensity serve`` (``make serve``)
+runs it with uvicorn. The response path is: validate -> online features -> champion score ->
+answer. Requests are read on the event loop (no thread-pool hop per request); the ones that
+arrive while a lookup runs wait for it and then go together, one online-store read and one
+model call for all of them, on one thread of their own (:class:`MicroBatcher`, Triton's dynamic
+batching in-process). Everything else (the challenger's shadow score, the prediction log) runs
+on one background thread that catches up every few tens of milliseconds
+(:class:`OffPathWorker`), so it never adds to the champion's latency beyond a deque append.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import hmac
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.datastructures import Headers
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic_core import to_json
+
+from propensity.core.storage import open_store
+from propensity.serving.backends import BackendUnavailable, InProcessBackend, ModelBackend, backend_for
+from propensity.serving.batching import Job, MicroBatcher, OffPathWorker
+from propensity.serving.contract import (
+    PREDICT_REQUEST_BODY,
+    BatchPrediction,
+    Prediction,
+    parse_predict_request,
+)
+from propensity.serving.deploy import read_deployment
+from propensity.serving.feature_source import FeatureSource, FeatureStoreUnavailable, feast_feature_source
+from propensity.serving.request_log import LogRows, PredictionLog
+
+if TYPE_CHECKING:
+    from propensity.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+API_KEY_HEADER = "X-API-Key"
+MAX_PENDING_BACKGROUND = (
+    10_000  # batches; past this, shadow scoring is skipped rather than queued without bound
+)
+OFF_PATH_INTERVAL_S = 0.05  # how often shadow scoring and logging catch up with the answers
+MAX_ROWS_PER_LOOKUP = 256  # customers per merged lookup (a single request may still bring max_batch)
+
+
+# -- metrics ------------------------------------------------------------------------------
+class Metrics:
+    """Prometheus metrics in a registry of the app's own (several apps may live in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "propensity_api_requests", "Requests by endpoint and status", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "propensity_api_request_seconds",
+            "Request latency inside the app",
+            ["endpoint"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.stage = Histogram(
+            "propensity_api_stage_seconds",
+            "Time per stage of one lookup (a batch of concurrent requests)",
+            ["stage"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1),
+            registry=r,
+        )
+        self.errors = Counter("propensity_api_errors", "Errors by kind", ["kind"], registry=r)
+        self.model = Gauge(
+            "propensity_model_info", "Served model versions (value 1)", ["role", "version"], registry=r
+        )
+        self.shadow = Counter("propensity_shadow_scores", "Shadow scoring outcomes", ["outcome"], registry=r)
+        self.logged = Counter(
+            "propensity_prediction_log_rows", "Rows handed to the prediction log", registry=r
+        )
+        self.batch = Histogram(
+            "propensity_api_batch_requests",
+            "Requests served by one feature lookup and model call",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+
+
+# -- the fast path ------------------------------------------------------------------------
+class DirectRoute:
+    """ASGI middleware: one method and path answered by ``answer(body, headers)`` directly.
+
+    Everything else goes on to the app. Unexpected errors propagate to Starlette's
+    ServerErrorMiddleware, outside this one, as a route's would.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        method: str,
+        path: str,
+        answer: Callable[[bytes, Headers], Awaitable[Response]],
+    ) -> None:
+        self.app, self.method, self.path, self.answer = app, method, path, answer
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != self.method:
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        response = await self.answer(b"".join(chunks), Headers(scope=scope))
+        await response(scope, receive, send)
+
+
+# -- the app ------------------------------------------------------------------------------
+@dataclass
+class _Models:
+    name: str
+    champion: ModelBackend | None
+    shadow: ModelBackend | None
+    feature_names: list[str] | None  # the champion's training order
+    problem: str | None = None  # why there is no champion
+
+
+def _load_models(settings: Settings) -> _Models:
+    s = settings.serving
+    state = read_deployment(settings)
+    champ = state.get("champion")
+    if not champ:
+        return _Models(
+            s.model_name, None, None, None, f"no champion deployed in {s.repository}/{s.model_name}"
+        )
+    champion = backend_for(settings, champ["version"])
+    shadow = None
+    if s.shadow_enabled and state.get("shadow"):
+        try:
+            shadow = backend_for(settings, state["shadow"]["version"])
+        except Exception as exc:  # a broken shadow must never take the champion down
+            log.error("shadow v%s not loaded: %s", state["shadow"]["version"], exc)
+    return _Models(s.model_name, champion, shadow, champ.get("feature_names"))
+
+
+def _api_keys(settings: Settings) -> list[bytes]:
+    raw = os.environ.get(settings.serving.api_keys_env, "")
+    return [k.strip().encode() for k in raw.split(",") if k.strip()]
+
+
+def create_app(
+    settings: Settings,
+    feature_source: FeatureSource | None = None,
+    backend: ModelBackend | None = None,
+    *,
+    shadow: ModelBackend | None = None,
+) -> FastAPI:
+    """The prediction API. Defaults: Feast features, the deployed champion (and shadow) backends."""
+    s = settings.serving
+    keys = _api_keys(settings)
+    if s.auth_required and not keys:
+        raise RuntimeError(
+            f"API keys required (serving.auth_required) but ${s.api_keys_env} is empty: "
+            "set it to a comma-separated list of keys"
+        )
+    metrics = Metrics()
+    if backend is not None:
+        # A server-side backend does not know its feature names: the deployment manifest does.
+        names = getattr(backend, "feature_names", None) or (
+            read_deployment(settings).get("champion") or {}
+        ).get("feature_names")
+        models = _Models(s.model_name, backend, shadow, names)
+    else:
+        models = _load_models(settings)
+    source = feature_source if feature_source is not None else feast_feature_source(settings)
+    if models.feature_names:
+        missing = [f for f in models.feature_names if f not in source.feature_names]
+        if missing:
+            raise RuntimeError(f"the feature service lacks the model's features {missing}")
+        order = np.array([source.feature_names.index(f) for f in models.feature_names])
+    else:
+        order = np.arange(len(source.feature_names))
+    served_names = [source.feature_names[i] for i in order]
+    zone = open_store(
+        settings.zone_root, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+    )
+    plog = PredictionLog(zone, s.prediction_log_dir, s.prediction_log_flush_rows, s.prediction_log_flush_s)
+    fallback: list[ModelBackend] = []  # built on first need: the same file Triton serves
+    if models.champion is not None:
+        metrics.model.labels("champion", models.champion.version).set(1)
+    if models.shadow is not None:
+        metrics.model.labels("shadow", models.shadow.version).set(1)
+    ok_requests = metrics.requests.labels("predict", "200")
+    latency = metrics.latency.labels("predict")
+    stage_features, stage_model = metrics.stage.labels("features"), metrics.stage.labels("model")
+
+    def _score(x: np.ndarray, requests: int) -> tuple[np.ndarray, ModelBackend, bool]:
+        assert models.champion is not None
+        try:
+            return models.champion.predict(x), models.champion, False
+        except BackendUnavailable as exc:
+            metrics.errors.labels("backend_down").inc(requests)
+            if not s.fallback_to_inprocess:
+                raise
+            log.warning("model server down, scoring in-process: %s", exc)
+            if not fallback:
+                fallback.append(InProcessBackend.from_repository(settings, models.champion.version))
+            return fallback[0].predict(x), fallback[0], True
+
+    def _after_response(batches: list[LogRows]) -> None:
+        """Shadow scores for every queued batch in one model call, then the log."""
+        rows_queued = sum(len(rows) for rows in batches)  # the counters count customers, not batches
+        if models.shadow is not None:
+            try:
+                scores = models.shadow.predict(np.concatenate([rows.features for rows in batches]))
+                metrics.shadow.labels("scored").inc(rows_queued)
+            except Exception as exc:
+                scores = None
+                metrics.shadow.labels("failed").inc(rows_queued)
+                log.warning("shadow v%s failed: %s", models.shadow.version, exc)
+            start = 0
+            for rows in batches:
+                if scores is not None:
+                    rows.columns["shadow_version"] = [models.shadow.version] * len(rows)
+                    rows.columns["shadow_score"] = np.asarray(scores[start : start + len(rows)], np.float64)
+                start += len(rows)
+        for rows in batches:
+            plog.append(rows)
+            metrics.logged.inc(len(rows))
+
+    # Off the response path: shadow scores and the log, a few times a second at most.
+    background = OffPathWorker(_after_response, OFF_PATH_INTERVAL_S, MAX_PENDING_BACKGROUND)
+
+    def _score_batch(jobs: list[Job]) -> list[Response | HTTPException]:
+        """One lookup and one model call for every job; then each job's answer, and one log hand-over."""
+        t0 = time.perf_counter()
+        ids = [cid for job in jobs for cid in job.ids]
+        try:
+            rows = source.get(ids)
+        except FeatureStoreUnavailable as exc:
+            metrics.errors.labels("feature_store_down").inc(len(jobs))
+            return [HTTPException(503, str(exc)) for _ in jobs]
+        t1 = time.perf_counter()
+        x = np.ascontiguousarray(rows.values[:, order])
+        try:
+            scores, used, is_fallback = _score(x, len(jobs))
+        except BackendUnavailable as exc:
+            return [HTTPException(503, f"model server unavailable: {exc}") for _ in jobs]
+        t2 = time.perf_counter()
+        stage_features.observe(t1 - t0)
+        stage_model.observe(t2 - t1)
+        metrics.batch.observe(len(jobs))
+        timing = f"features;dur={(t1 - t0) * 1e3:.3f}, model;dur={(t2 - t1) * 1e3:.3f}"
+        n = len(ids)
+        served = np.ones(n, dtype=bool)
+        request_ids = [""] * n  # one id per request, on each of its rows
+        latency_ms = np.zeros(n)
+        outcomes: list[Response | HTTPException] = []
+        start = 0
+        for job in jobs:
+            end = start + len(job.ids)
+            found = rows.found[start:end]
+            if s.unknown_customer == "404" and not found.all():
+                metrics.errors.labels("unknown_customer").inc()
+                unknown = [cid for cid, ok in zip(job.ids, found, strict=True) if not ok]
+                outcomes.append(HTTPException(404, f"unknown customer id(s): {unknown[:10]}"))
+                served[start:end] = False
+                start = end
+                continue
+            preds = [
+                {
+                    "customer_id": cid,
+                    "score": float(scores[i]),
+                    "model_name": models.name,
+                    "model_version": used.version,
+                    "feature_timestamp": rows.timestamps[i],
+                    "cold_start": not rows.found[i],
+                    "fallback": is_fallback,
+                }
+                for i, cid in zip(range(start, end), job.ids, strict=True)
+            ]
+            body = preds[0] if job.single else {"predictions": preds}
+            headers = {"Server-Timing": f"{timing}, queue;dur={(t0 - job.queued) * 1e3:.3f}"}
+            outcomes.append(Response(to_json(body), media_type="application/json", headers=headers))
+            request_ids[start:end] = [uuid.uuid4().hex] * len(job.ids)
+            latency_ms[start:end] = (time.perf_counter() - job.started) * 1e3
+            start = end
+        if served.any():
+            logged = LogRows(
+                request_ids,
+                dt.datetime.now(dt.UTC),
+                ids,
+                served_names,
+                x,
+                {
+                    "score": np.asarray(scores, dtype=np.float64),
+                    "model_name": [models.name] * n,
+                    "model_version": [used.version] * n,
+                    "shadow_version": [None] * n,
+                    "shadow_score": [None] * n,
+                    "feature_timestamp": rows.timestamps,
+                    "cold_start": ~rows.found,
+                    "fallback": np.full(n, is_fallback),
+                    "latency_ms": latency_ms,
+                },
+            )
+            if not served.all():
+                logged = logged.select(served)
+            if not background.submit(logged):
+                metrics.shadow.labels("dropped").inc(len(logged))
+                plog.append(logged)
+        return outcomes
+
+    batcher = MicroBatcher(_score_batch, max_rows=max(s.max_batch, MAX_ROWS_PER_LOOKUP))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Iterator[None]:
+        # What is alive now (Feast, MLflow, pandas, the model: ~270k objects) lives as long as the
+        # process. Left to the collector, every full collection walks it all, 100-400 ms during
+        # which no request is answered; frozen, a full collection walks only what serving made.
+        gc.collect()
+        gc.freeze()
+        yield
+        batcher.close()
+        background.close()
+        plog.close()
+        gc.unfreeze()  # several apps may live in one process (tests): give the collector back its objects
+
+    app = FastAPI(
+        title="Purchase propensity",
+        description="How likely is a customer to buy in the next 30 days.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.prediction_log = plog
+    app.state.metrics = metrics
+    app.state.background = background
+
+    def _invalid_response(path: str, exc: RequestValidationError) -> JSONResponse:
+        metrics.errors.labels("invalid_request").inc()
+        metrics.requests.labels(path.strip("/") or "root", "422").inc()
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _invalid_response(request.url.path, exc)
+
+    async def answer_predict(raw: bytes, headers: Headers) -> Response:
+        """The answer to one POST /predict: 200, or 401/404/413/422/503 with its reason."""
+        if s.auth_required:
+            given = headers.get(API_KEY_HEADER, "").encode()
+            if not any(hmac.compare_digest(given, k) for k in keys):
+                metrics.errors.labels("unauthorized").inc()
+                metrics.requests.labels("predict", "401").inc()
+                return JSONResponse({"detail": f"missing or invalid API key (header {API_KEY_HEADER})"}, 401)
+        try:
+            body = parse_predict_request(raw, headers.get("content-type"))
+        except RequestValidationError as exc:
+            return _invalid_response("/predict", exc)
+        t0 = time.perf_counter()
+        status = "200"
+        try:
+            ids = [body.customer_id] if body.customer_id is not None else list(body.customer_ids or [])
+            if len(ids) > s.max_batch:
+                metrics.errors.labels("batch_too_large").inc()
+                raise HTTPException(
+                    413, f"batch of {len(ids)} customer ids exceeds the limit of {s.max_batch}"
+                )
+            if models.champion is None:
+                metrics.errors.labels("no_model").inc()
+                raise HTTPException(503, models.problem or "no model")
+            outcome = await batcher.submit(Job(ids, body.customer_id is not None, t0))
+            if isinstance(outcome, HTTPException):
+                raise outcome
+            return outcome
+        except HTTPException as exc:
+            status = str(exc.status_code)
+            return JSONResponse({"detail": exc.detail}, exc.status_code)
+        except Exception:  # answered 500 by Starlette's error middleware: counted as such
+            status = "500"
+            raise
+        finally:
+            (ok_requests if status == "200" else metrics.requests.labels("predict", status)).inc()
+            latency.observe(time.perf_counter() - t0)
+
+    @app.post(
+        "/predict",
+        response_model=Prediction | BatchPrediction,
+        responses={401: {}, 404: {}, 413: {}, 422: {}, 503: {}},
+        openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
+    )
+    async def predict(request: Request) -> Response:
+        """Score one customer (``customer_id``) or a batch (``customer_ids``)."""
+        # What OpenAPI documents; requests are answered by the DirectRoute middleware before
+        # FastAPI's routing, with this same function's answer.
+        return await answer_predict(await request.body(), request.headers)
+
+    # Per request, Starlette's and FastAPI's routing, middleware and parameter solving cost
+    # more than a batch's feature lookup: /predict skips them.
+    app.add_middleware(DirectRoute, method="POST", path="/predict", answer=answer_predict)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        """Alive: the process answers."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", responses={503: {}})
+    def readyz() -> JSONResponse:
+        """Ready: a champion is loaded and served, and the online store answers."""
+        reasons = []
+        if models.champion is None:
+            reasons.append(models.problem or "no model")
+        elif not models.champion.ready():
+            reasons.append(f"model {models.name} v{models.champion.version} not ready on its backend")
+        try:
+            source.check()
+        except FeatureStoreUnavailable as exc:
+            reasons.append(str(exc))
+        body = {
+            "status": "not ready" if reasons else "ready",
+            "model_version": models.champion.version if models.champion else None,
+            "shadow_version": models.shadow.version if models.shadow else None,
+            "reasons": reasons,
+        }
+        return JSONResponse(body, status_code=503 if reasons else 200)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

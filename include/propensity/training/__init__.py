@@ -1,0 +1,1 @@
+"""Training: point-in-time training sets, XGBoost, evaluation, the gate, the registry and the DAG's steps."""
