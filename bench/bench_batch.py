@@ -30,7 +30,7 @@ from pathlib import Path
 from benchline import bench_line
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "unit" / "batch"))  # the tests' synthetic snapshot and model
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # the tests' synthetic snapshot and model
 
 
 def main() -> int:
@@ -49,7 +49,7 @@ def main() -> int:
     from batch_data import DAY, synthetic_snapshot, train_champion
 
     from propensity.batch.scoring import score_day
-    from propensity.core.settings import Settings, _deep_merge, _YamlProfiles
+    from propensity.core.settings import committed_settings
     from propensity.core.spark import spark_session
     from propensity.core.storage import write_partition
     from propensity.core.zones import SNAPSHOTS, zone_store
@@ -58,16 +58,11 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     schema = f"bench_{uuid.uuid4().hex[:10]}"
-    settings = Settings(
-        **_deep_merge(
-            _YamlProfiles(Settings)(),
-            {
-                "zone_root": str(tmp / "zones"),
-                "cache_dir": str(tmp / "cache"),
-                "serving": {"repository": str(tmp / "models")},
-                "batch": {"db_url": args.pg, "db_schema": schema},
-            },
-        )
+    settings = committed_settings(
+        zone_root=str(tmp / "zones"),
+        cache_dir=str(tmp / "cache"),
+        serving={"repository": str(tmp / "models")},
+        batch={"db_url": args.pg, "db_schema": schema},
     )
     n = args.customers
     cores = os.cpu_count() or 1

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 from benchline import bench_line
 
-from propensity.core.settings import Settings, _deep_merge, _YamlProfiles
+from propensity.core.settings import Settings, committed_settings
 from propensity.core.storage import write_partition
 from propensity.core.zones import SNAPSHOTS, zone_store
 from propensity.features.spec import FEATURE_VIEW, INT_FEATURES, MODEL_FEATURES, SNAPSHOT_SCHEMA
@@ -95,7 +95,7 @@ def main() -> None:
                 "registry": os.path.join(work, f"{name}-registry.db"),
             },
         }
-        return Settings(**_deep_merge(_YamlProfiles(Settings)(), overrides))
+        return committed_settings(**overrides)
 
     settings, stock_settings = settings_for(project), settings_for(stock_project)
     client = redis.Redis(host=host, port=int(port), db=args.db)
@@ -105,9 +105,7 @@ def main() -> None:
         f"{args.customers:,} customers x {len(MODEL_FEATURES) + 1} features"
     )
     try:
-        write_partition(
-            zone_store(settings), *SNAPSHOTS, AS_OF, synthetic_snapshot(args.customers)
-        )
+        write_partition(zone_store(settings), *SNAPSHOTS, AS_OF, synthetic_snapshot(args.customers))
         store = feature_store(settings, apply=True)
         feature_store(stock_settings, apply=True, engine="stock")
 

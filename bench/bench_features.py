@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from benchline import bench_line
 
-from propensity.core.settings import Settings, _deep_merge, _YamlProfiles
+from propensity.core.settings import Settings, committed_settings
 from propensity.core.storage import list_partitions, partition_exists, read_partition, write_partition
 from propensity.core.zones import RAW_EVENTS, VALIDATED_EVENTS, zone_store
 from propensity.ingest.collect import collect
@@ -134,7 +134,7 @@ def settings_for(workdir: str, master: str) -> Settings:
         "cache_dir": os.path.join(workdir, "cache"),
         "spark": {"master": master},
     }
-    return Settings(**_deep_merge(_YamlProfiles(Settings)(), overrides))
+    return committed_settings(**overrides)
 
 
 def prepare(settings: Settings) -> None:

@@ -43,7 +43,9 @@ from propensity.core.storage import read_partition
 from propensity.core.zones import RAW_EVENTS, zone_store
 from propensity.ingest.collect import collect
 from propensity.ingest.expectations import PRODUCT, build_checks
-from propensity.ingest.validate import DUPLICATE_KEY, decide, events_frame, learn_bands, run_suite
+from propensity.ingest.ge_runner import run_suite
+from propensity.ingest.validate import events_frame, learn_bands
+from propensity.ingest.verdict import DUPLICATE_KEY, decide
 
 REAL_DAY = dt.date(2011, 11, 14)  # a Monday in the busy season: ~2,000-5,000 lines
 

@@ -12,11 +12,14 @@ names the reason, the drifted features and the `as_of` date). The training date 
 3. **evaluate_model**: challenger vs champion on the same evaluation cutoffs: overall AUC, key
    segments, paired bootstrap interval of the difference.
 4. **register_challenger**: a registry version with alias `challenger` (idempotent per date).
-5. **shadow_test**: challenger beside champion on logged traffic (or the latest snapshot).
-6. **gate_model**: the declarative gate (`training.gate` in config); report logged to MLflow.
-7. **promote_model**: compare-and-set move of `champion` when the gate passed and `dry_run` is
-   off; a refusal is recorded with its reasons.
-8. **deploy_champion**: the model server serves the champion; parity-checked.
+5. **deploy_shadow**: the challenger is deployed beside the champion (parity-checked); the API
+   scores it on live traffic too, logged and never answered.
+6. **shadow_test**: challenger beside champion on logged traffic (or the latest snapshot); a
+   challenger that could not be deployed fails it.
+7. **gate_model**: the declarative gate (`training.gate` in config); report logged to MLflow.
+8. **promote_model**: compare-and-set move of `champion` when the gate passed and `dry_run` is
+   off; a refusal is recorded with its reasons and the challenger leaves shadow.
+9. **deploy_champion**: the model server serves the champion; parity-checked.
 
 `rollback=true` skips training and restores the previous champion, then deploys it.
 
@@ -105,10 +108,16 @@ def training() -> None:
         return register(_settings(), _as_of(), run, comparison)
 
     @task
-    def shadow_test(version: str) -> dict:
+    def deploy_shadow(version: str) -> dict:
+        from propensity.training.steps import deploy_shadow as deploy
+
+        return deploy(_settings(), _as_of(), version)
+
+    @task
+    def shadow_test(version: str, deployment: dict) -> dict:
         from propensity.training.steps import shadow_challenger
 
-        return shadow_challenger(_settings(), _as_of(), version)
+        return shadow_challenger(_settings(), _as_of(), version, deployment)
 
     @task
     def gate_model(version: str, run: dict, comparison: dict, shadow: dict) -> dict:
@@ -142,7 +151,7 @@ def training() -> None:
     run = train_model(training_set)
     comparison = evaluate_model(run)
     version = register_challenger(run, comparison)
-    shadow = shadow_test(version)
+    shadow = shadow_test(version, deploy_shadow(version))
     report = gate_model(version, run, comparison, shadow)
     promoted = promote_model(version, report)
     rolled_back = rollback_champion()

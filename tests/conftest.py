@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Helpers shared by every test folder (synthetic data, small models, the Airflow CLI): importable as
+# top-level modules (``from serving_models import ...``), one copy each.
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 os.environ.setdefault("AIRFLOW_HOME", str(ROOT))
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
@@ -45,12 +49,11 @@ def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     get_settings.cache_clear()
 
     def factory(**overrides) -> Settings:
-        from propensity.core.settings import _deep_merge, _YamlProfiles
+        from propensity.core.settings import committed_settings
 
-        base = _YamlProfiles(Settings)()
-        base["zone_root"] = str(tmp_path / "zones")
-        base["cache_dir"] = str(tmp_path / "cache")
-        return Settings(**_deep_merge(base, overrides))
+        return committed_settings(
+            **{"zone_root": str(tmp_path / "zones"), "cache_dir": str(tmp_path / "cache"), **overrides}
+        )
 
     yield factory
     get_settings.cache_clear()

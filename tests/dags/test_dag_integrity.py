@@ -34,7 +34,8 @@ EXPECTED_GRAPHS: dict[str, dict[str, set[str]]] = {
         "build_training_set": {"train_model"},
         "train_model": {"evaluate_model", "register_challenger", "gate_model"},
         "evaluate_model": {"register_challenger", "gate_model"},
-        "register_challenger": {"shadow_test", "gate_model", "promote_model"},
+        "register_challenger": {"deploy_shadow", "shadow_test", "gate_model", "promote_model"},
+        "deploy_shadow": {"shadow_test"},
         "shadow_test": {"gate_model"},
         "gate_model": {"promote_model"},
         "promote_model": {"deploy_champion"},
@@ -121,4 +122,19 @@ def test_ingest_runs_one_utc_day_per_logical_date(dagbag):
         pendulum.datetime(2011, 3, 1, tz="UTC"),
         pendulum.datetime(2011, 3, 2, tz="UTC"),
     )
-    assert dag.max_active_runs >= 1
+
+
+# Why each DAG runs as many days at once as it does (part of the contract with on-call, as the graph).
+EXPECTED_MAX_ACTIVE_RUNS = {
+    "ingest": 4,  # days are independent; validation bands read earlier days' summaries only
+    "features": 1,  # materializations land in date order
+    "batch_inference": 1,  # one swap of a day at a time
+    "drift": 1,  # the cooldown of day D reads the triggers of the days before
+    "training": 1,  # one champion move at a time
+    "bootstrap": 1,
+}
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_MAX_ACTIVE_RUNS))
+def test_max_active_runs(dagbag, dag_id):
+    assert dagbag.dags[dag_id].max_active_runs == EXPECTED_MAX_ACTIVE_RUNS[dag_id]

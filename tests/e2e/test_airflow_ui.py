@@ -102,6 +102,7 @@ def test_trigger_training_with_params_from_the_ui_and_see_it_succeed(
         "train_model": "success",
         "evaluate_model": "success",
         "register_challenger": "success",
+        "deploy_shadow": "success",
         "shadow_test": "success",
         "gate_model": "success",
         "promote_model": "success",

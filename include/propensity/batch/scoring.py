@@ -50,6 +50,7 @@ from propensity.batch.predictions_db import (
 )
 from propensity.batch.worker import (
     BatchInputError,
+    ModelRef,
     Scorer,
     SnapshotSource,
     plan_slices,
@@ -58,8 +59,11 @@ from propensity.batch.worker import (
 from propensity.core.storage import PART_FILE, list_partitions, partition_parts
 from propensity.core.zones import SNAPSHOTS, zone_store
 from propensity.features.spec import ENTITY_KEY, MODEL_FEATURES
-from propensity.serving.backends import model_file_parts, repository_store
-from propensity.serving.deploy import read_deployment
+from propensity.serving.manifest import (
+    ModelIntegrityError,
+    deployed_model,
+    read_model_bytes,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -75,41 +79,28 @@ class NoChampionDeployed(RuntimeError):
 
 @dataclass(frozen=True)
 class ChampionModel:
-    """The deployed champion as the batch job uses it: the served file's bytes and input order."""
+    """The deployed champion as the batch job uses it: which model, and the served file's bytes."""
 
-    model_name: str
-    version: str
+    ref: ModelRef
     model_bytes: bytes
-    feature_names: tuple[str, ...]
-    sha256: str
 
 
 def deployed_champion(settings: Settings) -> ChampionModel:
     """The champion the model server serves (raises :class:`NoChampionDeployed` when there is none)."""
     s = settings.serving
-    state = read_deployment(settings)
-    champ = state.get("champion")
-    if not champ:
+    champ = deployed_model(settings, "champion")
+    if champ is None:
         raise NoChampionDeployed(
             f"no champion deployed in {s.repository}/{s.model_name}: nothing to score yet "
             "(the training DAG deploys one once a model passes the gate)"
         )
-    version = str(champ["version"])
-    store = repository_store(settings)
-    parts = model_file_parts(s.model_name, version)
-    if not store.exists(*parts):
-        raise FileNotFoundError(
-            f"champion v{version} is in the manifest but {store.uri_of(*parts)} is missing"
-        )
-    data = store.read_bytes(*parts)
+    try:
+        data = read_model_bytes(settings, champ)
+    except ModelIntegrityError as exc:
+        raise BatchInputError(str(exc)) from exc
     sha = hashlib.sha256(data).hexdigest()
-    if champ.get("sha256") and champ["sha256"] != sha:
-        raise BatchInputError(
-            f"{store.uri_of(*parts)} has sha256 {sha[:12]}, the manifest says {champ['sha256'][:12]}: "
-            "the model file changed after deploy; redeploy the champion"
-        )
-    names = tuple(champ.get("feature_names") or MODEL_FEATURES)
-    return ChampionModel(state.get("model_name", s.model_name), version, data, names, sha)
+    ref = ModelRef(champ.model_name, champ.version, sha, champ.feature_names or MODEL_FEATURES)
+    return ChampionModel(ref, data)
 
 
 def feature_date_for(settings: Settings, day: dt.date) -> dt.date:
@@ -146,7 +137,7 @@ def snapshot_source(settings: Settings, feature_date: dt.date, columns: Iterable
 # -- driver side -----------------------------------------------------------------------------
 def _scorer(spark: SparkSession, model: ChampionModel, threads: int) -> Scorer:
     model_bc = spark.sparkContext.broadcast(model.model_bytes)
-    return Scorer(model_bc, model.sha256, model.version, model.feature_names, threads)
+    return Scorer(model_bc, model.ref, threads)
 
 
 def score_day(
@@ -184,8 +175,8 @@ def score_day(
     migrate(db)  # fails fast, before any Spark work, when the database is down
     staged = StagedBatch(
         batch_id=uuid.uuid4().hex,  # one attempt's staging key; retries get a fresh one
-        model_name=model.model_name,
-        model_version=model.version,
+        model_name=model.ref.model_name,
+        model_version=model.ref.version,
         feature_date=feature_date,
         scored_for_date=day,
         run_id=run_id or f"manual__{day.isoformat()}",
@@ -201,9 +192,9 @@ def score_day(
         )
     log.info(
         "scoring %s with %s v%s on the snapshot of %s -> %s",
-        day, model.model_name, model.version, feature_date, db.safe_url,
+        day, model.ref.model_name, model.ref.version, feature_date, db.safe_url,
     )  # fmt: skip
-    source = snapshot_source(settings, feature_date, model.feature_names)
+    source = snapshot_source(settings, feature_date, model.ref.feature_names)
     expected = sum(source.row_groups)
     # A task per slice: per row group by default (the snapshot's one row group up to 1 M
     # customers: one task, whose predict uses every core), or finer when configured.
@@ -251,8 +242,8 @@ def score_day(
         "day": day.isoformat(),
         "feature_date": feature_date.isoformat(),
         "rows": rows,
-        "model_name": model.model_name,
-        "model_version": model.version,
+        "model_name": model.ref.model_name,
+        "model_version": model.ref.version,
         "run_id": staged.run_id,
         "database": db.safe_url,
         "top": top,
@@ -263,7 +254,7 @@ def score_day(
     }
     log.info(
         "predictions for %s: %d rows by v%s in %d task(s), top %s; seconds %s",
-        day, rows, model.version, len(parts), top[:3], result["timings"],
+        day, rows, model.ref.version, len(parts), top[:3], result["timings"],
     )  # fmt: skip
     return result
 

@@ -53,7 +53,8 @@ def main() -> None:
     # stdout is PySpark's channel to the JVM (the daemon writes its port there): report on stderr.
     for problem in preload():
         print(
-            f"propensity.batch.spark_daemon: preload failed, workers import on demand: {problem}", file=sys.stderr
+            f"propensity.batch.spark_daemon: preload failed, workers import on demand: {problem}",
+            file=sys.stderr,
         )
     from pyspark.daemon import manager
 

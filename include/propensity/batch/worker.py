@@ -31,12 +31,11 @@ import pyarrow.parquet as pq
 
 from propensity.batch.predictions_db import PredictionsDB, StagedBatch, stage_rows
 from propensity.core.storage import Store
-from propensity.features.spec import matrix
+from propensity.features.spec import ENTITY_KEY, matrix
 from propensity.serving.backends import InProcessBackend
 
 log = logging.getLogger(__name__)
 
-ENTITY_KEY = "customer_id"  # propensity.features.job.ENTITY_KEY (not imported: that module loads Spark)
 _MIN_BLOCK_ROWS = 4096  # below this a thread hand-off costs more than it saves
 
 
@@ -118,14 +117,35 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
 @dataclass(frozen=True)
+class ModelRef:
+    """Which model a batch job scores with, as every task and every row names it."""
+
+    model_name: str
+    version: str
+    sha256: str
+    feature_names: tuple[str, ...]  # the champion's input order
+
+
+@dataclass(frozen=True)
 class Scorer:
-    """What a task needs to score: the broadcast model and how many threads it may use."""
+    """What a task needs to score: the broadcast model file, which model it is, and how many
+    threads the task may use."""
 
     model_bc: Any
-    sha: str
-    version: str
-    features: tuple[str, ...]
+    model: ModelRef
     threads: int
+
+    @property
+    def sha(self) -> str:
+        return self.model.sha256
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.model.feature_names
 
     def backend(self) -> InProcessBackend:
         backend = _BACKENDS.get(self.sha)

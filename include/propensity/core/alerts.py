@@ -1,9 +1,10 @@
 """One way to raise an alert, for the whole project: ``send_alert`` and an Airflow notifier on it.
 
-``send_alert(kind, title, details)`` works anywhere (tasks, the serving API, the drift venv that
-has no Airflow). Channels come from ``settings.validation.alerts``: the log always; a JSON line
-per alert under ``<zone_root>/alerts/`` (on by default); a webhook (JSON POST) and SMTP mail when
-configured. A channel that fails is logged and the others still run; the caller learns which
+``send_alert(kind, title, details)`` works in tasks and from the command line. Channels come from
+``settings.validation.alerts``: the log always; a JSON line per alert under ``<zone_root>/alerts/``
+(on by default); a webhook and mail through Airflow's own notifiers (``HttpNotifier``,
+``SmtpNotifier``) and connections when configured, so URLs and credentials live in Airflow
+connections. A channel that fails is logged and the others still run; the caller learns which
 channels delivered from the returned record.
 
 :class:`AlertNotifier` is the Airflow side: pass it as ``on_failure_callback`` and a failed task
@@ -16,17 +17,14 @@ import datetime as dt
 import json
 import logging
 import os
-import smtplib
-import urllib.request
 import uuid
-from email.message import EmailMessage
 from typing import Any
 
 from propensity.core.settings import Settings
+from propensity.core.zones import ALERTS_DIR
 
 log = logging.getLogger(__name__)
 
-ALERTS_DIR = "alerts"
 ALERTS_FILE = "alerts.jsonl"
 
 
@@ -55,9 +53,9 @@ def send_alert(
     channels = []
     if cfg.file:
         channels.append(("file", lambda: _to_file(settings, record)))
-    if cfg.webhook_url:
-        channels.append(("webhook", lambda: _to_webhook(cfg.webhook_url, record, cfg.timeout_s)))
-    if cfg.smtp_host and cfg.smtp_recipients:
+    if cfg.http_conn_id:
+        channels.append(("webhook", lambda: _to_webhook(cfg, record)))
+    if cfg.smtp_conn_id and cfg.smtp_to:
         channels.append(("smtp", lambda: _to_smtp(cfg, record)))
     for name, deliver in channels:
         try:
@@ -104,27 +102,33 @@ def _to_file(settings: Settings, record: dict[str, Any]) -> None:
         store.write_bytes(line.encode(), ALERTS_DIR, f"{stamp}-{uuid.uuid4().hex[:8]}.json")
 
 
-def _to_webhook(url: str, record: dict[str, Any], timeout: float) -> None:
-    body = json.dumps(record, default=str).encode()
-    request = urllib.request.Request(
-        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+def _to_webhook(cfg: Any, record: dict[str, Any]) -> None:
+    from airflow.providers.http.notifications.http import HttpNotifier
+
+    body = json.loads(json.dumps(record, default=str))
+    notifier = HttpNotifier(
+        http_conn_id=cfg.http_conn_id,
+        endpoint=cfg.http_endpoint,
+        json=body,
+        headers={"Content-Type": "application/json"},
+        extra_options={"timeout": cfg.timeout_s},
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (configured URL)
-        if response.status >= 300:
-            raise RuntimeError(f"webhook answered HTTP {response.status}")
+    notifier.notify({})  # HttpHook raises on a non-2xx answer
 
 
 def _to_smtp(cfg: Any, record: dict[str, Any]) -> None:
-    message = EmailMessage()
-    message["Subject"] = f"[propensity {record['kind']}] {record['title']}"
-    message["From"] = cfg.smtp_sender
-    message["To"] = ", ".join(cfg.smtp_recipients)
-    message.set_content(json.dumps(record["details"], indent=2, default=str))
-    with smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=cfg.timeout_s) as smtp:
-        if cfg.smtp_user:
-            smtp.starttls()
-            smtp.login(cfg.smtp_user, cfg.smtp_password or "")
-        smtp.send_message(message)
+    import html
+
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    notifier = SmtpNotifier(
+        to=cfg.smtp_to,
+        from_email=cfg.smtp_from,
+        subject=f"[propensity {record['kind']}] {record['title']}",
+        html_content="<pre>" + html.escape(json.dumps(record["details"], indent=2, default=str)) + "</pre>",
+        smtp_conn_id=cfg.smtp_conn_id,
+    )
+    notifier.notify({})
 
 
 try:  # The notifier exists where Airflow does; send_alert works without it (drift venv, API).

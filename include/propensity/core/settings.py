@@ -19,11 +19,17 @@ import datetime as dt
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 CANONICAL_FIELDS = (
     "customer_id",
@@ -48,6 +54,14 @@ def project_home() -> Path:
         if (parent / "config" / "defaults.yaml").is_file():
             return parent
     return Path.cwd()
+
+
+def sqlite_url_in_home(url: str) -> str:
+    """A relative ``sqlite:///path`` made absolute against the project home; other URLs unchanged."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        return prefix + resolve_path(url[len(prefix) :])
+    return url
 
 
 class ColumnMapping(BaseModel):
@@ -134,13 +148,13 @@ class ValidationSettings(BaseModel):
         """Where alerts go (the whole project's notifier); the log always gets them."""
 
         file: bool = True  # JSON lines under <zone_root>/alerts/
-        webhook_url: str | None = None  # POSTed a JSON body; may carry a token: set it from the environment
-        smtp_host: str | None = None
-        smtp_port: int = 25
-        smtp_sender: str = "propensity@localhost"
-        smtp_recipients: list[str] = Field(default_factory=list)
-        smtp_user: str | None = None  # password only from $PROPENSITY_VALIDATION__ALERTS__SMTP_PASSWORD
-        smtp_password: str | None = None
+        # Webhook and mail go through Airflow connections (URL, credentials, TLS live there, never
+        # here): e.g. AIRFLOW_CONN_PROPENSITY_ALERTS_HTTP=https://hooks.example.com.
+        http_conn_id: str | None = None  # HttpNotifier: POST the alert as JSON to <conn>/<http_endpoint>
+        http_endpoint: str = ""
+        smtp_conn_id: str | None = None  # SmtpNotifier: mail to smtp_to
+        smtp_to: list[str] = Field(default_factory=list)
+        smtp_from: str | None = None  # None: the connection's from_email
         timeout_s: float = 10.0
 
     # Row level: a row failing any of these is quarantined with the check's name.
@@ -179,18 +193,18 @@ class FeatureSettings(BaseModel):
 class GateThresholds(BaseModel):
     """Promotion gate, as data. Every check reports observed value, threshold and verdict."""
 
-    # (a) challenger AUC must exceed champion AUC x (1 + min_relative_auc_gain)
-    min_relative_auc_gain: float = 0.005
-    # (b) no key segment may lose more than this much AUC, and no segment may be missing
-    max_segment_auc_drop: float = 0.02
-    # First model (no champion): absolute floors instead of a comparison
-    min_auc_first_model: float = 0.70
-    min_gain_over_recency_baseline: float = 0.0
-    # (c) shadow test bounds
-    shadow_max_psi: float = 0.25
-    shadow_min_rank_corr: float = 0.80
-    shadow_max_error_rate: float = 0.0
-    shadow_max_p99_ms: float = 100.0
+    min_relative_auc_gain: float = Field(
+        0.005, description="challenger AUC must exceed champion AUC x (1 + this)"
+    )
+    max_segment_auc_drop: float = Field(
+        0.02, description="no key segment may lose more AUC than this, and none may be missing"
+    )
+    min_auc_first_model: float = Field(0.70, description="first model (no champion): absolute AUC floor")
+    min_gain_over_recency_baseline: float = Field(0.0, description="first model: margin over recency-only")
+    shadow_max_psi: float = Field(0.25, description="shadow: PSI of challenger vs champion scores at most")
+    shadow_min_rank_corr: float = Field(0.80, description="shadow: Spearman rank agreement at least")
+    shadow_max_error_rate: float = Field(0.0, description="shadow: share of rows the challenger fails")
+    shadow_max_p99_ms: float = Field(100.0, description="shadow: one-row p99 latency (the API's SLA)")
 
 
 class TrainingSettings(BaseModel):
@@ -236,13 +250,7 @@ class TrainingSettings(BaseModel):
     bootstrap_seed: int = 7
     gate: GateThresholds = Field(default_factory=GateThresholds)
 
-    @field_validator("mlflow_tracking_uri", "audit_db_url")
-    @classmethod
-    def _sqlite_relative_to_home(cls, v: str) -> str:
-        prefix = "sqlite:///"
-        if v.startswith(prefix) and not v.startswith(prefix + "/"):
-            return prefix + resolve_path(v[len(prefix) :])
-        return v
+    _sqlite_urls = field_validator("mlflow_tracking_uri", "audit_db_url")(sqlite_url_in_home)
 
     @field_validator("mlflow_artifact_root")
     @classmethod
@@ -344,19 +352,14 @@ class BatchSettings(BaseModel):
     arrow_batch_rows: int = 50_000  # rows per Arrow batch a task predicts and COPYs at a time
     top_n: int = 10  # top-scored customers returned (and printed by the demo)
 
-    @field_validator("db_url")
-    @classmethod
-    def _sqlite_relative_to_home(cls, v: str) -> str:
-        prefix = "sqlite:///"
-        if v.startswith(prefix) and not v.startswith(prefix + "/"):
-            return prefix + resolve_path(v[len(prefix) :])
-        return v
+    _sqlite_url = field_validator("db_url")(sqlite_url_in_home)
 
 
 class Settings(BaseSettings):
     """Everything the pipeline needs to know about where it runs."""
 
     model_config = SettingsConfigDict(env_prefix="PROPENSITY_", env_nested_delimiter="__", extra="ignore")
+    committed_files_only: ClassVar[bool] = False  # True: ignore the environment and local.env
 
     profile: Literal["local", "prod"] = "local"
     # Root of every zone (raw/, validated/, quarantine/, offline/, ...): a folder or s3://bucket/prefix.
@@ -394,7 +397,50 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _LocalEnvFile(settings_cls), _YamlProfiles(settings_cls))
+        folder = config_dir()
+        if cls.committed_files_only:
+            return (init_settings, yaml_source(settings_cls, folder))
+        # config/local.env: PROPENSITY_* lines, the environment's syntax (prefix and "__" nesting).
+        local_env = DotEnvSettingsSource(settings_cls, env_file=folder / "local.env")
+        return (init_settings, env_settings, local_env, yaml_source(settings_cls, folder))
+
+
+def yaml_source(settings_cls: type[BaseSettings], folder: Path) -> PydanticBaseSettingsSource:
+    """``defaults.yaml`` deep-merged with ``profiles/<profile>.yaml``; the profile is
+    ``$PROPENSITY_PROFILE`` or the defaults' ``profile:``."""
+    defaults = folder / "defaults.yaml"
+    if not defaults.is_file():
+        raise FileNotFoundError(f"settings file missing: {defaults}")
+    profile = os.environ.get("PROPENSITY_PROFILE") or (yaml.safe_load(defaults.read_text()) or {}).get(
+        "profile", "local"
+    )
+    profile_file = folder / "profiles" / f"{profile}.yaml"
+    if not profile_file.is_file():
+        raise FileNotFoundError(f"unknown profile {profile!r}: {profile_file} does not exist")
+    return _ProfileYaml(settings_cls, profile, [defaults, profile_file])
+
+
+class _ProfileYaml(YamlConfigSettingsSource):
+    """The YAML files of one profile; ``profile`` is the one they were chosen for."""
+
+    def __init__(self, settings_cls: type[BaseSettings], profile: str, files: list[Path]) -> None:
+        self.profile = profile
+        super().__init__(settings_cls, yaml_file=files, deep_merge=True)
+
+    def __call__(self) -> dict[str, Any]:
+        return super().__call__() | {"profile": self.profile}
+
+
+class _CommittedSettings(Settings):
+    """Settings from the committed files alone: no environment, no local.env (hermetic tests, benches)."""
+
+    committed_files_only: ClassVar[bool] = True
+
+
+def committed_settings(**overrides: Any) -> Settings:
+    """The committed defaults (and profile) deep-merged with ``overrides``, ignoring the environment
+    and ``config/local.env``: what tests and benchmarks build their settings from."""
+    return _CommittedSettings(**overrides)
 
 
 def resolve_path(value: str) -> str:
@@ -405,65 +451,8 @@ def resolve_path(value: str) -> str:
     return str(p if p.is_absolute() else (project_home() / p).resolve())
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def config_dir() -> Path:
     return Path(os.environ.get("PROPENSITY_CONFIG_DIR", project_home() / "config"))
-
-
-class _YamlProfiles(PydanticBaseSettingsSource):
-    """defaults.yaml deep-merged with profiles/<profile>.yaml."""
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        folder = config_dir()
-        data = _read_yaml(folder / "defaults.yaml")
-        profile = os.environ.get("PROPENSITY_PROFILE") or data.get("profile", "local")
-        profile_file = folder / "profiles" / f"{profile}.yaml"
-        if not profile_file.is_file():
-            raise FileNotFoundError(f"unknown profile {profile!r}: {profile_file} does not exist")
-        return _deep_merge(data, _read_yaml(profile_file)) | {"profile": profile}
-
-
-class _LocalEnvFile(PydanticBaseSettingsSource):
-    """config/local.env (gitignored): PROPENSITY_* lines, same syntax as the environment."""
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        path = config_dir() / "local.env"
-        if not path.is_file():
-            return {}
-        out: dict[str, Any] = {}
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if not line or line.startswith("#") or "=" not in line:
-                continue
-            key, value = line.split("=", 1)
-            key = key.strip()
-            if not key.startswith("PROPENSITY_") or key in os.environ:
-                continue
-            parts = key[len("PROPENSITY_") :].lower().split("__")
-            node = out
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-            node[parts[-1]] = value.strip().strip('"')
-        return out
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"settings file missing: {path}")
-    with path.open() as fh:
-        return yaml.safe_load(fh) or {}
 
 
 @lru_cache(maxsize=1)

@@ -63,7 +63,9 @@ def paired_bootstrap_auc_diff(
 # -- calibration --------------------------------------------------------------------------
 
 
-def calibration(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, bins: int = 10) -> dict[str, Any]:
+def calibration(
+    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, bins: int = 10
+) -> dict[str, Any]:
     """Expected calibration error (weighted mean |observed rate - mean score|) over equal-width
     score bins, with the bins themselves (for plots and reports)."""
     y, s = np.asarray(labels, dtype=float), np.asarray(scores, dtype=float)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 
 def utc(ts: dt.datetime) -> dt.datetime:
@@ -43,3 +44,20 @@ def plain_date(value: dt.date | dt.datetime | str) -> dt.date:
 def date_range(first: dt.date, last: dt.date, step_days: int = 1) -> list[dt.date]:
     """``first, first + step, ...`` up to ``last`` inclusive."""
     return [first + dt.timedelta(days=i) for i in range(0, (last - first).days + 1, step_days)]
+
+
+def wait_until(
+    condition: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.2, what: str = "condition"
+) -> None:
+    """Poll ``condition`` every ``interval_s`` until it holds; TimeoutError naming ``what`` after
+    ``timeout_s`` (wall-clock waits for processes and servers, never a data date)."""
+    from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+    poll = Retrying(
+        stop=stop_after_delay(timeout_s),
+        wait=wait_fixed(interval_s),
+        retry=retry_if_result(lambda ok: not ok),
+        retry_error_callback=lambda _state: False,  # timed out: answer False instead of RetryError
+    )
+    if not poll(lambda: bool(condition())):
+        raise TimeoutError(f"{what} not reached after {timeout_s:g} s")

@@ -28,6 +28,7 @@ from propensity.ingest.sources import SourceError
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class CollectResult:
     day: str

@@ -18,9 +18,7 @@ so a backfill of D reaches the verdict the scheduled run did, given the same his
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
-import functools
 import hashlib
 import io
 import logging
@@ -29,7 +27,6 @@ import os
 import statistics
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,8 +38,15 @@ from propensity.core.schema import EVENT_COLUMNS, QUARANTINE_SCHEMA, RAW_SCHEMA,
 from propensity.core.settings import Settings
 from propensity.core.storage import PART_FILE, Store, partition_parts, write_partition
 from propensity.core.templates import render
-from propensity.core.timeutil import day_of_interval
-from propensity.core.zones import QUARANTINED_EVENTS, RAW_EVENTS, VALIDATED_EVENTS, zone_store
+from propensity.core.timeutil import day_of_interval, utc_day_bounds
+from propensity.core.zones import (
+    DATA_DOCS,
+    QUARANTINED_EVENTS,
+    RAW_EVENTS,
+    VALIDATED_EVENTS,
+    VALIDATION_REPORTS,
+    zone_store,
+)
 from propensity.ingest.calendar import closed_reason
 from propensity.ingest.expectations import (
     NON_PRODUCT,
@@ -50,16 +54,14 @@ from propensity.ingest.expectations import (
     ROW_ID,
     SUITE_NAME,
     Bands,
-    Check,
     build_checks,
-    quiet_great_expectations,
 )
+from propensity.ingest.ge_runner import STRING_STORAGE, CheckResult, run_suite
+from propensity.ingest.verdict import Outcome, decide
 
 log = logging.getLogger(__name__)
 
 VALIDATED_ZONE, QUARANTINE_ZONE = "validated", "quarantine"
-REPORTS = ("reports", "validation")
-DOCS = ("reports", "data_docs")
 SUMMARY_FILE = "summary.json"
 DUPLICATE_KEY = [*EVENT_COLUMNS, "_parse_errors"]
 
@@ -67,7 +69,6 @@ DUPLICATE_KEY = [*EVENT_COLUMNS, "_parse_errors"]
 # Strings stay Arrow-backed: null checks, row filters and duplicate detection on them run in
 # Arrow instead of over Python objects (GE's suite on a 1M-line day: ~40% less CPU). GE's type
 # expectation compares with pandas' default string dtype, so run_suite sets that default to match.
-STRING_STORAGE = "pyarrow"
 _PANDAS_TYPES = {
     pa.int64(): pd.Int64Dtype(),
     pa.bool_(): pd.BooleanDtype(),
@@ -87,19 +88,6 @@ class PublishRefused(RuntimeError):
     """The day has no passed validation matching its current raw partition."""
 
 
-@dataclass
-class CheckResult:
-    name: str
-    level: str
-    why: str
-    success: bool
-    observed: Any = None
-    expected: dict[str, Any] = field(default_factory=dict)
-    unexpected_count: int = 0
-    rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    error: str | None = None
-
-
 # -- entry points --------------------------------------------------------------------------
 
 
@@ -110,7 +98,7 @@ def validate(settings: Settings, start: dt.datetime, end: dt.datetime) -> dict[s
     batch gate fails.
     """
     day = day_of_interval(start, end)
-    start, end = _utc_bounds(day)
+    start, end = utc_day_bounds(day)
     store = zone_store(settings)
     raw_parts = (*partition_parts(*RAW_EVENTS, day), PART_FILE)
     if not store.exists(*raw_parts):
@@ -150,7 +138,7 @@ def validate(settings: Settings, start: dt.datetime, end: dt.datetime) -> dict[s
     summary = _summary(
         day, bands, frame, results, outcome, passed, raw_bytes, store, quarantine_uri, validated_uri, docs_uri
     )
-    summary_uri = store.write_json(summary, *REPORTS, f"date={day.isoformat()}", SUMMARY_FILE)
+    summary_uri = store.write_json(summary, *VALIDATION_REPORTS, f"date={day.isoformat()}", SUMMARY_FILE)
     counts = summary["counts"]
     log.info(
         "validated %s: %s | raw %d = validated %d + quarantined %d + duplicates removed %d | summary %s",
@@ -250,7 +238,7 @@ def events_frame(raw: pa.Table, settings: Settings) -> pd.DataFrame:
 
 
 def read_summary(store: Store, day: dt.date) -> dict[str, Any] | None:
-    parts = (*REPORTS, f"date={day.isoformat()}", SUMMARY_FILE)
+    parts = (*VALIDATION_REPORTS, f"date={day.isoformat()}", SUMMARY_FILE)
     return store.read_json(*parts) if store.exists(*parts) else None
 
 
@@ -260,19 +248,19 @@ def load_history(store: Store, day: dt.date, settings: Settings) -> list[dict[st
     window = max(7 * v.volume_history_weeks, v.amount_history_days, v.country_history_days)
     first = day - dt.timedelta(days=window)
     out = []
-    for name in store.list_dir(*REPORTS):
+    for name in store.list_dir(*VALIDATION_REPORTS):
         if not name.startswith("date="):
             continue
         d = dt.date.fromisoformat(name[len("date=") :])
-        if first <= d < day and store.exists(*REPORTS, name, SUMMARY_FILE):
-            out.append(store.read_json(*REPORTS, name, SUMMARY_FILE))
+        if first <= d < day and store.exists(*VALIDATION_REPORTS, name, SUMMARY_FILE):
+            out.append(store.read_json(*VALIDATION_REPORTS, name, SUMMARY_FILE))
     return sorted(out, key=lambda s: s["day"])
 
 
 def learn_bands(settings: Settings, day: dt.date, history: list[dict[str, Any]], rows: int) -> Bands:
     """Row-count, median and country expectations for ``day`` from the calendar and passed history."""
     v = settings.validation
-    start, end = _utc_bounds(day)
+    start, end = utc_day_bounds(day)
     closed = closed_reason(settings.source.calendar, day)
     # Only days that passed and traded teach what is normal: a failed spike must not widen the band.
     good = [s for s in history if s["status"] == "passed" and not s["closed"]]
@@ -315,232 +303,6 @@ def learn_bands(settings: Settings, day: dt.date, history: list[dict[str, Any]],
         amount_median=amount_band,
         known_countries=sorted(seen) or None,
         distributions=rows >= v.min_rows_for_distribution,
-    )
-
-
-# -- running Great Expectations ------------------------------------------------------------
-
-
-def run_suite(
-    frame: Any,
-    checks: list[Check],
-    *,
-    run_name: str = SUITE_NAME,
-    run_time: dt.datetime | None = None,
-    docs_dir: str | None = None,
-    engine: str = "pandas",
-) -> dict[str, CheckResult]:
-    """Run the checks on a pandas (or Spark) DataFrame holding the ``_row`` column.
-
-    With ``docs_dir``, Data Docs for the run are rendered there by a Checkpoint action. The
-    frame comes from :func:`events_frame` (its strings stored as ``STRING_STORAGE``).
-    """
-    quiet_great_expectations()
-    with pd.option_context("mode.string_storage", STRING_STORAGE):
-        validation = _validate(frame, checks, run_name, run_time, docs_dir, engine)
-
-    by_name = {c.name: c for c in checks}
-    out: dict[str, CheckResult] = {}
-    for r in validation.results:
-        check = by_name[r.expectation_config.meta["check"]]
-        res = r.result or {}
-        error = None
-        if r.exception_info and r.exception_info.get("raised_exception"):
-            error = str(r.exception_info.get("exception_message"))
-        rows = _row_ids(res.get("unexpected_index_list") or [])
-        out[check.name] = CheckResult(
-            name=check.name,
-            level=check.level,
-            why=check.why,
-            success=bool(r.success),
-            observed=_plain(res.get("observed_value")),
-            expected=_expected(r.expectation_config.kwargs),
-            unexpected_count=int(res.get("unexpected_count") or 0),
-            rows=rows,
-            error=error,
-        )
-    missing = set(by_name) - set(out)
-    if missing:
-        raise RuntimeError(f"Great Expectations returned no result for {sorted(missing)}")
-    return out
-
-
-def _validate(
-    frame: Any,
-    checks: list[Check],
-    run_name: str,
-    run_time: dt.datetime | None,
-    docs_dir: str | None,
-    engine: str,
-) -> Any:
-    """GE's suite validation result for ``frame`` (through a checkpoint when Data Docs are wanted)."""
-    import great_expectations as gx
-    from great_expectations.core.run_identifier import RunIdentifier
-
-    # Copies: an expectation belongs to one suite, and the same checks may be run again.
-    expectations = [copy.copy(c.expectation) for c in checks]
-    result_format = {
-        "result_format": "COMPLETE",
-        "unexpected_index_column_names": [ROW_ID],
-        "return_unexpected_index_query": False,
-        # Which rows, not which values: the values are in the rows, and GE's value lists and
-        # counts cost more than the checks themselves on a large day.
-        "exclude_unexpected_values": True,
-    }
-    if docs_dir:
-        # Data Docs need the suite, the definition and a checkpoint in a context of their own
-        # (the site's folder is this run's): a fresh ephemeral context, isolated from other runs.
-        context, batch = _ephemeral_batch_definition(engine)
-        suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations))
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=SUITE_NAME, data=batch, suite=suite)
-        )
-        run_id = RunIdentifier(run_name=run_name, run_time=run_time) if run_time else None
-        site = "zone"
-        context.add_data_docs_site(
-            site,
-            {
-                "class_name": "SiteBuilder",
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            },
-        )
-        checkpoint = context.checkpoints.add(
-            gx.Checkpoint(
-                name=SUITE_NAME,
-                validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[site])],
-                result_format=result_format,
-            )
-        )
-        outcome = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
-        (validation,) = outcome.run_results.values()
-    else:
-        # Without a report nothing needs storing: the suite runs on the batch definition of the
-        # process's cached context (context, datasource and asset cost ~0.3 s to build per run)
-        # through the validator ValidationDefinition.run uses, which loads the frame once
-        # (Batch.validate loads it twice, fingerprinting all of it each time).
-        from great_expectations.validator.v1_validator import Validator
-
-        _, batch = _cached_batch_definition(engine)
-        validator = Validator(batch, result_format=result_format, batch_parameters={"dataframe": frame})
-        validation = validator.validate_expectation_suite(
-            gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations)
-        )
-    return validation
-
-
-def _ephemeral_batch_definition(engine: str) -> tuple[Any, Any]:
-    """A new ephemeral GE context holding one dataframe asset; its whole-dataframe batch definition."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    source = (
-        context.data_sources.add_spark("events")
-        if engine == "spark"
-        else context.data_sources.add_pandas("events")
-    )
-    return context, source.add_dataframe_asset("events").add_batch_definition_whole_dataframe("day")
-
-
-@functools.cache
-def _cached_batch_definition(engine: str) -> tuple[Any, Any]:
-    """One context per engine and process, reused by every run that writes no Data Docs."""
-    return _ephemeral_batch_definition(engine)
-
-
-# -- the verdict ---------------------------------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    duplicates: np.ndarray  # bool per raw row: a copy of an earlier line, removed
-    quarantined: np.ndarray  # bool per raw row
-    validated: np.ndarray  # bool per raw row
-    reasons: list[list[str]]  # per quarantined row (in raw order), the failed checks
-    reasons_histogram: Counter
-    quarantine_share: float
-    duplicate_share: float
-    gate_failures: list[dict[str, Any]]
-    warnings: list[dict[str, Any]]
-
-
-def decide(
-    frame: pd.DataFrame, checks: list[Check], results: dict[str, CheckResult], settings: Settings
-) -> Outcome:
-    """Rows -> validated / quarantined / duplicate; the batch gate's failures and the warnings."""
-    v = settings.validation
-    n = len(frame)
-    duplicates = np.zeros(n, dtype=bool)
-    dedup = results.get("no_exact_duplicates")
-    if dedup is not None and len(dedup.rows):
-        # GE names every member of a group of copies; the first of each group is the line itself.
-        members = frame.iloc[np.sort(dedup.rows)]
-        repeats = members.duplicated(subset=DUPLICATE_KEY, keep="first").to_numpy()
-        duplicates[members[ROW_ID].to_numpy()[repeats]] = True
-
-    row_checks = [c for c in checks if c.level == "row"]
-    failed_by = np.zeros((len(row_checks), n), dtype=bool)
-    for i, check in enumerate(row_checks):
-        failed_by[i, results[check.name].rows] = True
-    failed_by[:, duplicates] = False
-    quarantined = failed_by.any(axis=0)
-    validated = ~quarantined & ~duplicates
-    names = [c.name for c in row_checks]
-    q_idx = np.flatnonzero(quarantined)
-    reasons = [[names[i] for i in np.flatnonzero(failed_by[:, j])] for j in q_idx]
-    histogram = Counter(name for rs in reasons for name in rs)
-
-    kept = n - int(duplicates.sum())
-    quarantine_share = float(quarantined.sum()) / kept if kept else 0.0
-    duplicate_share = float(duplicates.sum()) / n if n else 0.0
-
-    gate: list[dict[str, Any]] = []
-    warnings: list[dict[str, Any]] = []
-    for check in checks:
-        r = results[check.name]
-        if r.error:
-            # A check that could not run proves nothing: the day cannot pass on it.
-            gate.append(_failure(r, f"check could not run: {r.error}"))
-        elif check.level == "batch" and not r.success:
-            gate.append(_failure(r, r.observed))
-        elif check.level == "info" and not r.success:
-            column = check.expectation.column  # info checks are column checks
-            values = frame[column].iloc[np.sort(r.rows)].dropna().astype(str).unique().tolist()
-            warnings.append(
-                {"check": r.name, "why": r.why, "observed": sorted(values), "rows": r.unexpected_count}
-            )
-    if quarantine_share > v.max_quarantine_share:
-        gate.append(
-            {
-                "check": "quarantine_share",
-                "why": "when this many lines are bad the rest of the day is suspect too",
-                "observed": round(quarantine_share, 6),
-                "expected": {"max_value": v.max_quarantine_share},
-                "top_reasons": dict(histogram.most_common(5)),
-            }
-        )
-    if duplicate_share > v.max_duplicate_share:
-        gate.append(
-            {
-                "check": "duplicate_share",
-                "why": "this many exact copies means a file delivered twice or a replayed export",
-                "observed": round(duplicate_share, 6),
-                "expected": {"max_value": v.max_duplicate_share},
-            }
-        )
-    return Outcome(
-        duplicates,
-        quarantined,
-        validated,
-        reasons,
-        histogram,
-        quarantine_share,
-        duplicate_share,
-        gate,
-        warnings,
     )
 
 
@@ -625,69 +387,31 @@ def _publish_docs(store: Store, docs_dir: str, day: dt.date) -> str | None:
             rel = os.path.relpath(os.path.join(folder, name), docs_dir).replace(os.sep, "/")
             if rel.startswith("validations/") and rel.endswith(".html"):
                 pages.append(rel)
-            elif rel.startswith("static/") and not store.exists(*DOCS, rel):
+            elif rel.startswith("static/") and not store.exists(*DATA_DOCS, rel):
                 with open(os.path.join(docs_dir, rel), "rb") as fh:
-                    store.write_bytes(fh.read(), *DOCS, rel)
+                    store.write_bytes(fh.read(), *DATA_DOCS, rel)
     if len(pages) != 1:
         log.warning("expected one Data Docs validation page, found %s", pages)
         return None
     with open(os.path.join(docs_dir, pages[0]), "rb") as fh:
-        uri = store.write_bytes(fh.read(), *DOCS, pages[0])
+        uri = store.write_bytes(fh.read(), *DATA_DOCS, pages[0])
     _write_docs_index(store)
     return uri
 
 
 def _write_docs_index(store: Store) -> None:
     """An index of every validated day's page (GE's own index only knows the current run)."""
-    base = (*DOCS, "validations", SUITE_NAME)
+    base = (*DATA_DOCS, "validations", SUITE_NAME)
     pages = []
     for run in sorted(store.list_dir(*base), reverse=True):
         for run_time in store.list_dir(*base, run):
             for page in store.list_dir(*base, run, run_time):
                 pages.append((run, "/".join(["validations", SUITE_NAME, run, run_time, page])))
     doc = render("data_docs_index.html.j2", pages=pages)
-    store.write_bytes(doc.encode(), *DOCS, "index.html")
+    store.write_bytes(doc.encode(), *DATA_DOCS, "index.html")
 
 
 # -- small helpers -------------------------------------------------------------------------
-
-
-def _row_ids(index_list: list[dict[str, Any]]) -> np.ndarray:
-    """GE's unexpected_index_list: one dict of id lists (values excluded) or one dict per row."""
-    if index_list and isinstance(index_list[0].get(ROW_ID), list):
-        return np.asarray(index_list[0][ROW_ID], dtype=np.int64)
-    return np.fromiter((i[ROW_ID] for i in index_list), dtype=np.int64, count=len(index_list))
-
-
-def _utc_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    start = dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC)
-    return start, start + dt.timedelta(days=1)
-
-
-def _failure(r: CheckResult, observed: Any) -> dict[str, Any]:
-    return {"check": r.name, "why": r.why, "observed": observed, "expected": r.expected}
-
-
-def _expected(kwargs: dict[str, Any]) -> dict[str, Any]:
-    keys = ("min_value", "max_value", "strict_max", "column_set", "type_list", "value_set", "mostly")
-    return {k: _plain(kwargs[k]) for k in keys if kwargs.get(k) is not None}
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe: numpy scalars, timestamps and containers as plain values."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dt.datetime | pd.Timestamp):
-        return value.isoformat()
-    if value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 def _short(value: Any, limit: int = 300) -> str:
@@ -732,7 +456,7 @@ def collect_and_validate(settings: Settings, first: dt.date, last: dt.date) -> d
     closed_empty: dict[str, str] = {}
     day = first
     while day <= last:
-        start, end = _utc_bounds(day)
+        start, end = utc_day_bounds(day)
         try:
             collect(settings, start, end)
             summary = validate(settings, start, end)

@@ -68,9 +68,7 @@ def calibrate(
         reference = features_of(table)
     else:
         reference = features_of(
-            pa.concat_tables(
-                [read_partition(store, *SNAPSHOTS, d) for d in reference_dates]
-            )
+            pa.concat_tables([read_partition(store, *SNAPSHOTS, d) for d in reference_dates])
         )
     rows = []
     for day in check_dates:
@@ -178,5 +176,3 @@ def activity_shift_start(
         counts[day] = trailing_active_customers(customer_days, day)
         day += dt.timedelta(days=1)
     return first_day_above_band(counts, stable_from, stable_to)
-
-

@@ -33,14 +33,9 @@ import pyarrow.parquet as pq
 
 from propensity.core.settings import Settings
 from propensity.core.storage import PART_FILE, Store, list_partitions, read_partition
-from propensity.core.zones import SNAPSHOTS, VALIDATED_EVENTS, zone_store
+from propensity.core.zones import DRIFT_WINDOW_DIR, REFERENCE_DIR, SNAPSHOTS, VALIDATED_EVENTS, zone_store
 
 log = logging.getLogger(__name__)
-
-REFERENCE_DIR = "reference"
-
-
-WINDOW_DIR = "drift/window"
 
 
 # -- reference contract -------------------------------------------------------------------
@@ -245,7 +240,7 @@ def load_window(settings: Settings, day: dt.date, model_version: int | None = No
 
     files = {}
     for key, table in staged.items():
-        rel = f"{WINDOW_DIR}/date={day.isoformat()}/{key}.parquet"
+        rel = f"{DRIFT_WINDOW_DIR}/date={day.isoformat()}/{key}.parquet"
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         store.write_bytes(buf.getvalue(), rel)

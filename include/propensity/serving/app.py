@@ -48,8 +48,8 @@ from propensity.serving.contract import (
     Prediction,
     parse_predict_request,
 )
-from propensity.serving.deploy import read_deployment
 from propensity.serving.feature_source import FeatureSource, FeatureStoreUnavailable, feast_feature_source
+from propensity.serving.manifest import deployed_model, read_deployment
 from propensity.serving.request_log import LogRows, PredictionLog
 
 if TYPE_CHECKING:
@@ -151,19 +151,21 @@ class _Models:
 def _load_models(settings: Settings) -> _Models:
     s = settings.serving
     state = read_deployment(settings)
-    champ = state.get("champion")
-    if not champ:
+    champ = deployed_model(settings, "champion", state=state)
+    if champ is None:
         return _Models(
             s.model_name, None, None, None, f"no champion deployed in {s.repository}/{s.model_name}"
         )
-    champion = backend_for(settings, champ["version"])
+    champion = backend_for(settings, champ.version, sha256=champ.sha256)
     shadow = None
-    if s.shadow_enabled and state.get("shadow"):
+    entry = deployed_model(settings, "shadow", state=state)
+    if s.shadow_enabled and entry is not None:
         try:
-            shadow = backend_for(settings, state["shadow"]["version"])
+            shadow = backend_for(settings, entry.version, sha256=entry.sha256)
         except Exception as exc:  # a broken shadow must never take the champion down
-            log.error("shadow v%s not loaded: %s", state["shadow"]["version"], exc)
-    return _Models(s.model_name, champion, shadow, champ.get("feature_names"))
+            log.error("shadow v%s not loaded: %s", entry.version, exc)
+    names = list(champ.feature_names) if champ.feature_names else None
+    return _Models(s.model_name, champion, shadow, names)
 
 
 def _api_keys(settings: Settings) -> list[bytes]:

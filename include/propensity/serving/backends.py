@@ -20,14 +20,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 import xgboost as xgb
 
-from propensity.core.storage import Store, open_store
+from propensity.serving.manifest import MODEL_FILE, read_model_bytes
 
 if TYPE_CHECKING:
     from propensity.core.settings import Settings
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE = "xgboost.json"  # the FIL backend's default file name for model_type xgboost_json
 
 
 class BackendUnavailable(RuntimeError):
@@ -46,17 +44,6 @@ class ModelBackend(Protocol):
         ...
 
     def ready(self) -> bool: ...
-
-
-def repository_store(settings: Settings) -> Store:
-    """The Triton model repository (a folder or S3) as a :class:`Store`."""
-    return open_store(
-        settings.serving.repository, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
-    )
-
-
-def model_file_parts(model_name: str, version: str | int) -> tuple[str, str, str]:
-    return model_name, str(version), MODEL_FILE
 
 
 def to_feature_matrix(features: np.ndarray | Any) -> np.ndarray:
@@ -87,13 +74,11 @@ class InProcessBackend:
         return cls(booster, version)
 
     @classmethod
-    def from_repository(cls, settings: Settings, version: str | int) -> InProcessBackend:
-        """Load exactly the file Triton would serve for ``version``."""
-        store = repository_store(settings)
-        parts = model_file_parts(settings.serving.model_name, version)
-        if not store.exists(*parts):
-            raise FileNotFoundError(f"no model file {store.uri_of(*parts)}")
-        return cls.from_bytes(store.read_bytes(*parts), version)
+    def from_repository(
+        cls, settings: Settings, version: str | int, *, sha256: str | None = None
+    ) -> InProcessBackend:
+        """Load exactly the file Triton would serve for ``version`` (checked against ``sha256``)."""
+        return cls.from_bytes(read_model_bytes(settings, version=str(version), sha256=sha256), version)
 
     @property
     def version(self) -> str:
@@ -295,8 +280,8 @@ class TritonBackend:
             return False
 
 
-def backend_for(settings: Settings, version: str | int) -> ModelBackend:
-    """The configured backend for one deployed version."""
+def backend_for(settings: Settings, version: str | int, *, sha256: str | None = None) -> ModelBackend:
+    """The configured backend for one deployed version (the in-process one verifies the file)."""
     if settings.serving.backend == "triton":
         return TritonBackend.from_settings(settings, version)
-    return InProcessBackend.from_repository(settings, version)
+    return InProcessBackend.from_repository(settings, version, sha256=sha256)

@@ -16,6 +16,27 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+
+class Ticker:
+    """Calls ``tick`` every ``interval_s`` on a daemon thread of its own; :meth:`close` stops it and
+    calls ``tick`` once more, so nothing handed over before the close is left behind."""
+
+    def __init__(self, tick: Callable[[], Any], interval_s: float, name: str) -> None:
+        self.tick, self.interval_s = tick, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.tick()
+
+    def close(self, timeout_s: float) -> None:
+        self._stop.set()
+        self._thread.join(timeout=timeout_s)
+        self.tick()
+
+
 class OffPathWorker:
     """One thread that wakes every ``interval_s`` and handles everything queued since, at once.
 
@@ -27,9 +48,7 @@ class OffPathWorker:
     def __init__(self, handle: Callable[[list[Any]], None], interval_s: float, max_pending: int) -> None:
         self.handle, self.interval_s, self.max_pending = handle, interval_s, max_pending
         self._items: deque[Any] = deque()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="shadow-and-log", daemon=True)
-        self._thread.start()
+        self._ticker = Ticker(self._drain, interval_s, "shadow-and-log")
 
     def submit(self, item: Any) -> bool:
         if len(self._items) >= self.max_pending:
@@ -47,16 +66,9 @@ class OffPathWorker:
             except Exception:
                 log.exception("off-path work on %d items failed", len(items))
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._drain()
-
     def close(self) -> None:
         """Stop the thread, then handle what is left."""
-        self._stop.set()
-        self._thread.join(timeout=30)
-        self._drain()
-
+        self._ticker.close(timeout_s=30)
 
 
 @dataclass
@@ -140,5 +152,3 @@ def _fail(jobs: Sequence[Job], exc: BaseException) -> None:
     for job in jobs:
         if job.future is not None and not job.future.done():
             job.future.set_exception(exc)
-
-

@@ -67,5 +67,3 @@ def _is_json(content_type: str | None) -> bool:
         return False
     kind = content_type.split(";", 1)[0].strip().lower()
     return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
-
-

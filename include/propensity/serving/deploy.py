@@ -21,7 +21,6 @@ import hashlib
 import logging
 import os
 import string
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,13 +29,20 @@ import xgboost as xgb
 
 from propensity.core.settings import project_home
 from propensity.core.storage import Store
+from propensity.core.timeutil import wait_until
 from propensity.serving.backends import (
-    MODEL_FILE,
     BackendUnavailable,
     InProcessBackend,
     ModelBackend,
     TritonBackend,
     adapter_for,
+)
+from propensity.serving.manifest import (
+    CONFIG_FILE,
+    DEPLOYMENT_FILE,
+    MODEL_FILE,
+    ROLES,
+    read_deployment,
     repository_store,
 )
 
@@ -47,14 +53,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.pbtxt"
-DEPLOYMENT_FILE = "deployment.json"
-ROLES = ("champion", "shadow")
 HISTORY_KEEP = 50
 
 
 class DeployError(RuntimeError):
-    """A deploy or rollback that did not happen; ``record`` is its audit-log entry."""
+    """A deploy that did not happen; ``record`` is its audit-log entry."""
 
     def __init__(self, reason: str, record: dict[str, Any] | None = None) -> None:
         super().__init__(reason)
@@ -145,15 +148,6 @@ def parity_sample(booster: xgb.Booster, rows: int, seed: int = 0, missing_share:
 
 
 # -- deployment manifest ------------------------------------------------------------------
-def read_deployment(settings: Settings) -> dict[str, Any]:
-    """Which version is champion and which is shadow (empty roles before the first deploy)."""
-    store = repository_store(settings)
-    name = settings.serving.model_name
-    if store.exists(name, DEPLOYMENT_FILE):
-        return store.read_json(name, DEPLOYMENT_FILE)
-    return {"model_name": name, "champion": None, "shadow": None, "history": []}
-
-
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -167,11 +161,10 @@ def _served_backend(settings: Settings, version: str) -> tuple[ModelBackend, Tri
     # Loading a model takes longer than answering a request: the readiness timeout applies.
     server = TritonBackend.from_settings(settings, version, timeout_s=s.ready_timeout_s)
     server.load()
-    deadline = time.monotonic() + s.ready_timeout_s
-    while not server.ready():
-        if time.monotonic() > deadline:
-            raise BackendUnavailable(f"{s.model_name} v{version} not ready after {s.ready_timeout_s:.0f} s")
-        time.sleep(0.2)
+    try:
+        wait_until(server.ready, timeout_s=s.ready_timeout_s, what=f"{s.model_name} v{version} ready")
+    except TimeoutError as exc:
+        raise BackendUnavailable(str(exc)) from exc
     return server, server
 
 
@@ -302,29 +295,6 @@ def deploy_model(
         finished_at=_now(),
     )
     log.info("deployed %s v%s as %s (parity %.2g)", name, version, role, record["parity_max_abs_diff"])
-    return record
-
-
-def rollback(settings: Settings, to_version: int | str | None = None) -> dict[str, Any]:
-    """Re-deploy the previous champion (or ``to_version``) from the repository's own file."""
-    state = read_deployment(settings)
-    current = (state.get("champion") or {}).get("version")
-    if to_version is None:
-        for event in reversed(state.get("history", [])):
-            replaced = event.get("replaced")
-            if event["role"] == "champion" and event["version"] == current and replaced:
-                to_version = replaced["version"]
-                break
-        if to_version is None:
-            raise DeployError(f"no previous champion to roll back to (current: v{current})")
-    store = repository_store(settings)
-    parts = (settings.serving.model_name, str(to_version), MODEL_FILE)
-    if not store.exists(*parts):
-        raise DeployError(f"cannot roll back to v{to_version}: {store.uri_of(*parts)} is gone")
-    record = deploy_model(
-        settings, store.read_bytes(*parts), to_version, "champion", source=f"rollback from v{current}"
-    )
-    record["action"] = "rollback"
     return record
 
 

@@ -174,5 +174,3 @@ def feast_feature_source(settings: Settings) -> FeastFeatureSource:
             FeatureStore(repo_path=settings.serving.feature_repo), settings.serving.feature_service
         )
     return FeastFeatureSource(feature_store(settings), FEATURE_SERVICE)
-
-

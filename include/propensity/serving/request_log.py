@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from propensity.core.storage import Store
+from propensity.serving.batching import Ticker
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +100,11 @@ class PredictionLog:
         self._chunks: list[LogRows] = []
         self._rows = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         # Arrow's first tz-aware timestamp conversion loads its time zone support (tens of ms):
         # here, not in the middle of serving.
         pa.array([dt.datetime.now(dt.UTC)], _TS)
-        self._thread = threading.Thread(target=self._timer, name="prediction-log", daemon=True)
-        self._thread.start()
         self.files: list[str] = []
+        self._ticker = Ticker(self.flush, flush_s, "prediction-log")
 
     def append(self, rows: LogRows) -> None:
         with self._lock:
@@ -137,13 +136,5 @@ class PredictionLog:
         self.files.append(uri)
         return uri
 
-    def _timer(self) -> None:
-        while not self._stop.wait(self.flush_s):
-            self.flush()
-
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.flush()
-
-
+        self._ticker.close(timeout_s=5)

@@ -108,9 +108,7 @@ def _labels(settings: Settings, entity: pd.DataFrame, horizon: dt.timedelta) -> 
             f"{store.uri_of(*VALIDATED_EVENTS)} reaches {reached}"
         )
     cols = ["customer_id", "event_time", "is_return", "line_kind"]
-    tables = [
-        read_partition(store, *VALIDATED_EVENTS, d).select(cols) for d in available if first <= d < end
-    ]
+    tables = [read_partition(store, *VALIDATED_EVENTS, d).select(cols) for d in available if first <= d < end]
     events = pa.concat_tables(tables) if tables else pa.table({c: [] for c in cols})
     buys = events.filter(
         pc.and_(

@@ -55,6 +55,18 @@ audit_table = sa.Table(
 )
 
 
+@dataclass(frozen=True)
+class Why:
+    """What an audit row records about a move (or a non-move): which action, why, for which
+    logical date, the report behind it and who asked."""
+
+    action: str  # promote | refuse | rollback | challenger | shadow | deploy | deploy_failed | ...
+    reason: str
+    logical_date: str
+    report: dict[str, Any] | None = None
+    actor: str | None = None
+
+
 class PromotionConflict(RuntimeError):
     """The champion moved since the caller read it: another promotion won the race."""
 
@@ -158,17 +170,8 @@ class Registry:
             self.client.set_model_version_tag(
                 self.name, version, k, v if isinstance(v, str) else json.dumps(v, default=str)
             )
-        self._move(
-            CHALLENGER,
-            version,
-            expected=None,
-            action="challenger",
-            actor=actor,
-            reason="registered for evaluation",
-            logical_date=logical_date,
-            report=None,
-            compare=False,
-        )
+        why = Why("challenger", "registered for evaluation", logical_date, actor=actor)
+        self._move(CHALLENGER, version, expected=None, why=why, compare=False)
         return version
 
     def _find_version(self, training_as_of: str | None, data_hash: str | None) -> str | None:
@@ -197,16 +200,8 @@ class Registry:
         current = self.alias_version(CHAMPION)
         if current == version:
             return {"promoted": False, "champion": version, "detail": "already champion"}
-        self._move(
-            CHAMPION,
-            version,
-            expected=expected_champion,
-            action="promote",
-            actor=actor,
-            reason=reason,
-            logical_date=logical_date,
-            report=report,
-        )
+        why = Why("promote", reason, logical_date, report, actor)
+        self._move(CHAMPION, version, expected=expected_champion, why=why)
         if expected_champion:
             self.client.set_model_version_tag(self.name, expected_champion, "archived", "true")
             self.client.set_model_version_tag(self.name, expected_champion, "archived_at", logical_date)
@@ -238,35 +233,31 @@ class Registry:
         champion = self.alias_version(CHAMPION)
         with self.engine.begin() as conn:
             self._append_audit(
-                conn, _now(), action, None, champion, version, actor, reason, logical_date, report
+                conn, _now(), None, champion, version, Why(action, reason, logical_date, report, actor)
             )
 
     def _append_audit(
         self,
         conn: sa.Connection,
         at: str,
-        action: str,
         alias: str | None,
         from_version: str | None,
         to_version: str | None,
-        actor: str | None,
-        reason: str,
-        logical_date: str,
-        report: dict[str, Any] | None,
+        why: Why,
     ) -> None:
         """One audit row, inside the caller's transaction (with the alias move it records, if any)."""
         conn.execute(
             audit_table.insert().values(
                 at=at,
                 model_name=self.name,
-                action=action,
+                action=why.action,
                 alias=alias,
                 from_version=from_version,
                 to_version=to_version,
-                actor=actor or default_actor(),
-                reason=reason,
-                logical_date=logical_date,
-                report=json.dumps(report, default=str) if report else None,
+                actor=why.actor or default_actor(),
+                reason=why.reason,
+                logical_date=why.logical_date,
+                report=json.dumps(why.report, default=str) if why.report else None,
             )
         )
 
@@ -289,31 +280,14 @@ class Registry:
                 f"nothing to roll back to: champion is {current}, no earlier champion in the audit log"
             )
         self._move(
-            CHAMPION,
-            previous,
-            expected=current,
-            action="rollback",
-            actor=actor,
-            reason=reason,
-            logical_date=logical_date,
-            report=None,
+            CHAMPION, previous, expected=current, why=Why("rollback", reason, logical_date, actor=actor)
         )
         self.client.set_model_version_tag(self.name, current, "rolled_back_at", logical_date)
         self.client.set_model_version_tag(self.name, previous, "archived", "false")
         return {"champion": previous, "previous": current}
 
     def _move(
-        self,
-        alias: str,
-        version: str,
-        *,
-        expected: str | None,
-        action: str,
-        actor: str | None,
-        reason: str,
-        logical_date: str,
-        report: dict[str, Any] | None,
-        compare: bool = True,
+        self, alias: str, version: str, *, expected: str | None, why: Why, compare: bool = True
     ) -> None:
         now = _now()
         with self.engine.begin() as conn:
@@ -347,9 +321,7 @@ class Registry:
                     raise PromotionConflict(
                         f"{alias} of {self.name} is v{previous}, not v{expected}: another promotion won"
                     )
-            self._append_audit(
-                conn, now, action, alias, previous, version, actor, reason, logical_date, report
-            )
+            self._append_audit(conn, now, alias, previous, version, why)
         # MLflow follows the table: serving and humans read aliases there.
         self.client.set_registered_model_alias(self.name, alias, version)
-        log.info("%s: %s v%s -> v%s (%s)", self.name, alias, previous, version, reason)
+        log.info("%s: %s v%s -> v%s (%s)", self.name, alias, previous, version, why.reason)

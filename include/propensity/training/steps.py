@@ -19,28 +19,15 @@ import pandas as pd
 
 from propensity.core.settings import Settings
 from propensity.core.zones import SNAPSHOTS, TRAINING_SETS, VALIDATED_EVENTS
+from propensity.features.spec import FEATURE_SERVICE, MODEL_FEATURES, matrix
 
 log = logging.getLogger(__name__)
-
-TRAINING_ZONE = "training_sets"
 
 
 def _store(settings: Settings):
     from propensity.core.zones import zone_store
 
     return zone_store(settings)
-
-
-def _features() -> tuple[str, ...]:
-    from propensity.features.spec import MODEL_FEATURES
-
-    return MODEL_FEATURES
-
-
-def _feature_service() -> str:
-    from propensity.features.spec import FEATURE_SERVICE
-
-    return FEATURE_SERVICE
 
 
 def first_validated_day(settings: Settings) -> dt.date:
@@ -70,18 +57,12 @@ def prepare_training_set(settings: Settings, as_of: dt.date) -> dict[str, Any]:
 
         rows = []
         for cutoff in plan.all:
-            customers = (
-                read_partition(store, *SNAPSHOTS, cutoff)
-                .column("customer_id")
-                .to_pylist()
-            )
+            customers = read_partition(store, *SNAPSHOTS, cutoff).column("customer_id").to_pylist()
             rows.append(pd.DataFrame({"customer_id": customers, "cutoff": cutoff}))
         frame = build_training_set(settings, pd.concat(rows, ignore_index=True))
         frame["cutoff"] = pd.to_datetime(frame["cutoff"]).dt.date
         frame = frame.sort_values(["cutoff", "customer_id"], kind="mergesort", ignore_index=True)
-        write_partition(
-            store, *TRAINING_SETS, as_of, pa.Table.from_pandas(frame, preserve_index=False)
-        )
+        write_partition(store, *TRAINING_SETS, as_of, pa.Table.from_pandas(frame, preserve_index=False))
     from propensity.core.cutoffs import as_dict
 
     return {
@@ -108,15 +89,15 @@ def train_challenger(
 
     frame = load_training_set(settings, as_of)
     plan = plan_cutoffs(first_validated_day(settings), as_of, settings.training)
-    result = fit(frame, _features(), plan, settings.training)
+    result = fit(frame, MODEL_FEATURES, plan, settings.training)
     return log_training_run(
         settings,
         frame,
-        _features(),
+        MODEL_FEATURES,
         plan,
         result,
         as_of=as_of,
-        feature_service=_feature_service(),
+        feature_service=FEATURE_SERVICE,
         reason=reason,
         trigger=trigger,
     )
@@ -135,7 +116,7 @@ def evaluate_challenger(settings: Settings, as_of: dt.date, run: dict[str, Any])
     frame = load_training_set(settings, as_of)
     plan = plan_cutoffs(first_validated_day(settings), as_of, settings.training)
     evaluation = frame[frame["cutoff"].isin(plan.evaluation)].reset_index(drop=True)
-    x = matrix(evaluation, _features())
+    x = matrix(evaluation, MODEL_FEATURES)
     challenger = mlflow.xgboost.load_model(run["model_uri"])
     champion_version = registry.alias_version(CHAMPION)
     champion_scores = registry.load_booster(champion_version).inplace_predict(x) if champion_version else None
@@ -165,8 +146,15 @@ def register_challenger(
     return Registry(settings).register(run["model_uri"], tags, logical_date=as_of.isoformat())
 
 
-def shadow_challenger(settings: Settings, as_of: dt.date, version: str) -> dict[str, Any]:
-    """Challenger beside champion on logged traffic, or the latest snapshot before there is any."""
+def shadow_challenger(
+    settings: Settings, as_of: dt.date, version: str, deployment: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Challenger beside champion on logged traffic, or the latest snapshot before there is any.
+
+    ``deployment`` is :func:`deploy_shadow`'s result: a challenger the server could not load or
+    that failed parity fails the shadow test with that reason."""
+    if deployment and deployment.get("error"):
+        return {"source": "deploy", "rows": 0, "errors": 1, "error_rate": 1.0, "error": deployment["error"]}
     from propensity.core.storage import list_partitions, read_partition
     from propensity.features.spec import matrix
     from propensity.training.evaluate import shadow_test
@@ -191,7 +179,7 @@ def shadow_challenger(settings: Settings, as_of: dt.date, version: str) -> dict[
             }
         traffic = read_partition(_store(settings), *SNAPSHOTS, days[-1]).to_pandas()
         source = f"feature snapshot {days[-1]}"
-    return shadow_test(challenger, champion, matrix(traffic, _features()), source=source)
+    return shadow_test(challenger, champion, matrix(traffic, MODEL_FEATURES), source=source)
 
 
 def _logged_traffic(settings: Settings, as_of: dt.date) -> tuple[pd.DataFrame | None, str]:
@@ -199,8 +187,8 @@ def _logged_traffic(settings: Settings, as_of: dt.date) -> tuple[pd.DataFrame | 
     from propensity.monitoring.window import prediction_log_dir, read_prediction_log
 
     days = [as_of - dt.timedelta(days=k) for k in range(7, 0, -1)]
-    table = read_prediction_log(_store(settings), prediction_log_dir(settings), days, list(_features()))
-    if table is None or table.num_rows == 0 or not set(_features()) <= set(table.column_names):
+    table = read_prediction_log(_store(settings), prediction_log_dir(settings), days, list(MODEL_FEATURES))
+    if table is None or table.num_rows == 0 or not set(MODEL_FEATURES) <= set(table.column_names):
         return None, ""
     return table.to_pandas(), f"prediction log {days[0]}..{days[-1]}"
 
@@ -250,28 +238,20 @@ def promote_challenger(
     from propensity.training.registry import Registry
 
     registry = Registry(settings)
-    if dry_run:
-        registry.record(
-            "dry_run",
-            version=version,
-            reason=f"dry run: {reason}",
-            logical_date=as_of.isoformat(),
-            report=report,
+    failed = [c["name"] for c in report["checks"] if not c["passed"]]
+    if dry_run or failed:
+        # Not promoted: the registry records why, and the challenger leaves shadow.
+        action, why = (
+            ("dry_run", f"dry run: {reason}") if dry_run else ("refuse", f"gate failed: {', '.join(failed)}")
         )
-        return {
-            "promoted": False,
-            "detail": "dry run: evaluated without promoting",
-            "passed": report["passed"],
-        }
-    if not report["passed"]:
-        failed = [c["name"] for c in report["checks"] if not c["passed"]]
-        registry.record(
-            "refuse",
-            version=version,
-            reason=f"gate failed: {', '.join(failed)}",
-            logical_date=as_of.isoformat(),
-            report=report,
-        )
+        registry.record(action, version=version, reason=why, logical_date=as_of.isoformat(), report=report)
+        retire_challenger_shadow(settings, version)
+        if dry_run:
+            return {
+                "promoted": False,
+                "detail": "dry run: evaluated without promoting",
+                "passed": report["passed"],
+            }
         send_alert(
             "promotion_refused",
             f"v{version} not promoted: {', '.join(failed)}",
@@ -315,8 +295,10 @@ def write_reference(settings: Settings, as_of: dt.date, version: str, max_rows: 
     sample = frame.sample(n=min(max_rows, len(frame)), random_state=7).sort_values(
         ["cutoff", "customer_id"], ignore_index=True
     )
-    ref = sample.loc[:, [*_features(), "label"]].copy()
-    ref["score"] = registry.load_booster(version).inplace_predict(matrix(sample, _features())).astype(float)
+    ref = sample.loc[:, [*MODEL_FEATURES, "label"]].copy()
+    ref["score"] = (
+        registry.load_booster(version).inplace_predict(matrix(sample, MODEL_FEATURES)).astype(float)
+    )
     eval_auc = float(registry.client.get_model_version(registry.name, version).tags.get("eval_auc", "nan"))
     return store_reference(
         _store(settings),
@@ -324,7 +306,7 @@ def write_reference(settings: Settings, as_of: dt.date, version: str, max_rows: 
         version,
         pa.Table.from_pandas(ref, preserve_index=False),
         eval_auc=eval_auc,
-        feature_columns=list(_features()),
+        feature_columns=list(MODEL_FEATURES),
     )
 
 
@@ -337,31 +319,88 @@ def resolve_as_of(training_end_date: str | None, conf: dict[str, Any] | None, fa
     return fallback
 
 
+def _parity_sample(settings: Settings, as_of: dt.date):
+    """Real rows for the deploy's parity check: ``serving.parity_rows`` customers of the latest
+    snapshot up to ``as_of`` (None before any snapshot: the deploy then samples the model's splits)."""
+    from propensity.core.storage import list_partitions, read_partition
+
+    days = [d for d in list_partitions(_store(settings), *SNAPSHOTS) if d <= as_of]
+    if not days:
+        return None
+    snapshot = read_partition(_store(settings), *SNAPSHOTS, days[-1]).slice(0, settings.serving.parity_rows)
+    return matrix(snapshot.to_pandas(), MODEL_FEATURES)
+
+
+def deploy_shadow(settings: Settings, as_of: dt.date, version: str) -> dict[str, Any]:
+    """Deploy the registered challenger beside the champion: the API scores it on live traffic too
+    (logged, never answered) while the gate decides. A challenger that cannot be deployed is not an
+    error of this task: the shadow test reports it and the gate refuses."""
+    from propensity.serving.deploy import DeployError, deploy_model
+    from propensity.serving.manifest import read_deployment
+    from propensity.training.registry import Registry
+
+    registry = Registry(settings)
+    state = read_deployment(settings)
+    if str((state.get("champion") or {}).get("version")) == str(version):
+        return {"deployed": False, "shadow": None, "detail": f"v{version} is already the champion"}
+    if str((state.get("shadow") or {}).get("version")) == str(version):
+        return {"deployed": False, "shadow": version, "detail": f"v{version} already in shadow"}
+    try:
+        record = deploy_model(
+            settings,
+            registry.load_booster(version),
+            version,
+            "shadow",
+            sample=_parity_sample(settings, as_of),
+            source=registry.model_uri(version),
+        )
+    except DeployError as exc:
+        registry.record(
+            "shadow_failed",
+            version=version,
+            reason=str(exc),
+            logical_date=as_of.isoformat(),
+            report=exc.record,
+        )
+        return {"deployed": False, "shadow": None, "error": f"shadow deploy failed: {exc}"}
+    registry.record(
+        "shadow",
+        version=version,
+        reason="challenger in shadow",
+        logical_date=as_of.isoformat(),
+        report=record,
+    )
+    return {"deployed": True, "shadow": version, "record": record}
+
+
+def retire_challenger_shadow(settings: Settings, version: str) -> dict[str, Any]:
+    """Stop shadow-scoring ``version`` (a refused or dry-run challenger); nothing else changes."""
+    from propensity.serving.deploy import retire_shadow
+    from propensity.serving.manifest import read_deployment
+
+    if str((read_deployment(settings).get("shadow") or {}).get("version")) != str(version):
+        return {"action": "retire_shadow", "status": "noop"}
+    return retire_shadow(settings)
+
+
 def deploy_champion(settings: Settings, as_of: dt.date) -> dict[str, Any]:
     """Make the model server serve the registry's champion (no-op when it already does).
 
     A failed deploy leaves the previous version live, is written to the registry's audit log,
     and fails the task with the reason.
     """
-    from propensity.core.storage import list_partitions, read_partition
-    from propensity.features.spec import matrix
-    from propensity.serving.deploy import DeployError, deploy_model, read_deployment
+    from propensity.serving.deploy import DeployError, deploy_model
+    from propensity.serving.manifest import read_deployment
     from propensity.training.registry import CHAMPION, Registry
 
     registry = Registry(settings)
     version = registry.alias_version(CHAMPION)
     if version is None:
         return {"deployed": False, "detail": "no champion yet"}
-    if str(read_deployment(settings).get("champion")) == str(version):
+    serving = (read_deployment(settings).get("champion") or {}).get("version")
+    if str(serving) == str(version):
         return {"deployed": False, "detail": f"v{version} already serving", "champion": version}
-    # Parity on real rows: the latest feature snapshot up to the training date.
-    days = [d for d in list_partitions(_store(settings), *SNAPSHOTS) if d <= as_of]
-    sample = None
-    if days:
-        snap = (
-            read_partition(_store(settings), *SNAPSHOTS, days[-1]).to_pandas().head(256)
-        )
-        sample = matrix(snap, _features())
+    sample = _parity_sample(settings, as_of)
     try:
         record = deploy_model(
             settings,
@@ -423,6 +462,7 @@ __all__ = [
     "train_challenger",
     "evaluate_challenger",
     "register_challenger",
+    "deploy_shadow",
     "shadow_challenger",
     "gate_challenger",
     "promote_challenger",

@@ -45,9 +45,7 @@ def test_rerun_replaces_the_day_and_each_day_names_its_model(
     batch_settings, snapshot, champion, challenger, spark
 ):
     later = DAY + dt.timedelta(days=1)
-    write_partition(
-        zone_store(batch_settings), *SNAPSHOTS, later, synthetic_snapshot(250, later)
-    )
+    write_partition(zone_store(batch_settings), *SNAPSHOTS, later, synthetic_snapshot(250, later))
     deploy_model(batch_settings, champion, 1, "champion")
     score_day(batch_settings, DAY, spark=spark)
     score_day(batch_settings, DAY, spark=spark)  # a re-run: same rows, no duplicates
@@ -106,9 +104,7 @@ def test_an_older_snapshot_is_used_only_within_the_allowed_age(make_settings, tm
 
 
 def test_a_snapshot_without_the_models_features_is_refused(batch_settings, snapshot, champion, spark):
-    write_partition(
-        zone_store(batch_settings), *SNAPSHOTS, DAY, snapshot.drop_columns(["aov_90d"])
-    )
+    write_partition(zone_store(batch_settings), *SNAPSHOTS, DAY, snapshot.drop_columns(["aov_90d"]))
     deploy_model(batch_settings, champion, 1, "champion")
     with pytest.raises(BatchInputError, match=r"lacks the champion's input column\(s\) \['aov_90d'\]"):
         score_day(batch_settings, DAY, spark=spark)
@@ -127,6 +123,7 @@ def test_days_to_score_param_then_asset_events_then_logical_date():
 
 
 def test_a_task_with_several_cores_scores_row_blocks_bit_identically(champion):
+    from propensity.batch.worker import ModelRef
     from propensity.batch.worker import Scorer as _Scorer
     from propensity.serving.backends import InProcessBackend
 
@@ -134,7 +131,7 @@ def test_a_task_with_several_cores_scores_row_blocks_bit_identically(champion):
         value = bytes(champion.save_raw("json"))
 
     batch = synthetic_snapshot(20_000, DAY).to_batches()[0]
-    scorers = [_Scorer(Broadcast(), f"sha{n}", "1", MODEL_FEATURES, threads=n) for n in (1, 3)]
+    scorers = [_Scorer(Broadcast(), ModelRef("m", "1", f"sha{n}", MODEL_FEATURES), threads=n) for n in (1, 3)]
     one, three = (s.scores(s.backend(), batch) for s in scorers)
     api = InProcessBackend.from_bytes(Broadcast.value, "1").predict(matrix(batch.to_pandas(), MODEL_FEATURES))
     assert one.tobytes() == three.tobytes() == api.tobytes()

@@ -71,9 +71,7 @@ def test_rerun_is_idempotent_and_one_pass_equals_one_date_at_a_time(spark, setti
         compute_features(settings, [d])
     assert {d: content_hash(read_snapshot(settings, d)) for d in dates} == together
     # Same bytes, not only the same rows: a re-run is invisible downstream.
-    assert (
-        store.read_bytes(*SNAPSHOTS, "date=2011-03-07", "part-0.parquet") == bytes_before
-    )
+    assert store.read_bytes(*SNAPSHOTS, "date=2011-03-07", "part-0.parquet") == bytes_before
 
 
 def test_failure_mid_job_leaves_no_partial_partition_and_retry_succeeds(spark, settings, monkeypatch):

@@ -17,11 +17,10 @@ from propensity.serving.deploy import (
     deploy_model,
     parity_sample,
     parse_config,
-    read_deployment,
     render_config,
     retire_shadow,
-    rollback,
 )
+from propensity.serving.manifest import read_deployment
 
 
 @pytest.fixture
@@ -104,24 +103,6 @@ def test_shadow_is_served_beside_champion_and_promotion_clears_it(
     assert retire_shadow(repo_settings)["status"] == "noop"
 
 
-def test_rollback_redeploys_the_previous_champion(repo_settings, booster, booster_b):
-    deploy_model(repo_settings, booster, 1, "champion")
-    deploy_model(repo_settings, booster_b, 2, "champion")
-    record = rollback(repo_settings)
-    assert record["action"] == "rollback"
-    assert record["version"] == "1"
-    assert read_deployment(repo_settings)["champion"]["version"] == "1"
-    x = parity_sample(booster, 32)
-    served = InProcessBackend.from_repository(repo_settings, 1).predict(x)
-    np.testing.assert_allclose(served, booster.inplace_predict(x), atol=0)
-
-
-def test_rollback_without_history_fails_clearly(repo_settings, booster):
-    deploy_model(repo_settings, booster, 1, "champion")
-    with pytest.raises(DeployError, match="no previous champion"):
-        rollback(repo_settings)
-
-
 def test_shadow_with_other_features_is_refused_and_champion_stays(repo_settings, booster, tmp_path):
     deploy_model(repo_settings, booster, 1, "champion")
     before = (tmp_path / "models" / "propensity" / "config.pbtxt").read_text()
@@ -169,3 +150,21 @@ def test_in_process_backend_reads_the_repository_file(repo_settings, booster):
         backend.predict(np.zeros((1, 3), dtype=np.float32))
     with pytest.raises(FileNotFoundError, match="no model file .*/propensity/9/xgboost.json"):
         InProcessBackend.from_repository(repo_settings, 9)
+
+
+def test_a_model_file_swapped_after_deploy_is_refused_everywhere(repo_settings, booster, booster_b, tmp_path):
+    from propensity.batch.scoring import deployed_champion
+    from propensity.batch.worker import BatchInputError
+    from propensity.serving.manifest import ModelIntegrityError, deployed_model, read_model_bytes
+
+    deploy_model(repo_settings, booster, 3, "champion")
+    champ = deployed_model(repo_settings)
+    assert read_model_bytes(repo_settings, champ) == bytes(booster.save_raw("json"))
+    # Someone replaces the file under the version's folder: same path, another model.
+    (tmp_path / "models" / "propensity" / "3" / "xgboost.json").write_bytes(bytes(booster_b.save_raw("json")))
+    with pytest.raises(ModelIntegrityError, match=r"xgboost.json has sha256 .* the deployment manifest says"):
+        read_model_bytes(repo_settings, champ)
+    with pytest.raises(ModelIntegrityError):
+        InProcessBackend.from_repository(repo_settings, 3, sha256=champ.sha256)
+    with pytest.raises(BatchInputError, match="changed after v3 was deployed"):
+        deployed_champion(repo_settings)

@@ -141,32 +141,34 @@ def mlflow_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def registry_settings(make_settings, mlflow_dir, request):
+def registry_settings(make_settings, mlflow_dir, request, tmp_path):
     return make_settings(
+        serving={"repository": str(tmp_path / "models")},
         training={
             "mlflow_tracking_uri": f"sqlite:///{mlflow_dir}/mlflow.db",
             "mlflow_artifact_root": str(mlflow_dir / "artifacts"),
             "audit_db_url": f"sqlite:///{mlflow_dir}/audit.db",
             "model_name": f"test_{request.node.name[:40]}",
-        }
+        },
     )
 
 
 @pytest.fixture(scope="module")
 def logged_runs(mlflow_dir):
     """Three small models logged once to the module's MLflow store: (model_uri, data_hash)."""
-    from propensity.core.settings import Settings, _YamlProfiles
+    from propensity.core.settings import committed_settings
     from propensity.training.train import log_training_run
 
-    base = _YamlProfiles(Settings)()
-    base |= {"zone_root": str(mlflow_dir / "zones"), "cache_dir": str(mlflow_dir / "cache")}
-    base["training"] = {
-        "mlflow_tracking_uri": f"sqlite:///{mlflow_dir}/mlflow.db",
-        "mlflow_artifact_root": str(mlflow_dir / "artifacts"),
-        "audit_db_url": f"sqlite:///{mlflow_dir}/audit.db",
-        "num_boost_round": 20,
-    }
-    settings = Settings(**base)
+    settings = committed_settings(
+        zone_root=str(mlflow_dir / "zones"),
+        cache_dir=str(mlflow_dir / "cache"),
+        training={
+            "mlflow_tracking_uri": f"sqlite:///{mlflow_dir}/mlflow.db",
+            "mlflow_artifact_root": str(mlflow_dir / "artifacts"),
+            "audit_db_url": f"sqlite:///{mlflow_dir}/audit.db",
+            "num_boost_round": 20,
+        },
+    )
     plan = plan_cutoffs(dt.date(2010, 12, 1), dt.date(2011, 6, 30), TrainingSettings())
     runs = []
     for seed in (0, 1, 2):
@@ -229,6 +231,36 @@ def test_promotion_rollback_and_the_audit_trail(registry_settings, logged_runs):
         if r["alias"] == CHAMPION
     ]
     assert moves == [("rollback", v2, v1), ("promote", v1, v2), ("promote", None, v1)]
+
+
+def test_deploy_serves_the_champion_once_and_a_rollback_redeploys_the_previous_one(
+    registry_settings, logged_runs
+):
+    from propensity.serving.backends import InProcessBackend
+    from propensity.serving.deploy import parity_sample
+    from propensity.serving.manifest import read_deployment
+    from propensity.training.steps import deploy_champion, rollback_champion
+
+    v1, v2 = register_all(registry_settings, logged_runs, 2)
+    registry = Registry(registry_settings)
+    registry.promote(v1, expected_champion=None, report={}, reason="first", logical_date="2011-06-30")
+    day = dt.date(2011, 6, 30)
+    assert deploy_champion(registry_settings, day)["deployed"] is True
+    # Already serving: nothing is written again (the manifest keeps one deploy in its history).
+    again = deploy_champion(registry_settings, day)
+    assert again == {"deployed": False, "detail": f"v{v1} already serving", "champion": v1}
+    assert [e["version"] for e in read_deployment(registry_settings)["history"]] == [v1]
+
+    registry.promote(v2, expected_champion=v1, report={}, reason="better", logical_date="2011-07-07")
+    assert deploy_champion(registry_settings, dt.date(2011, 7, 7))["champion"] == v2
+    # One rollback mechanism: the registry moves the alias back, the deploy step serves it.
+    rollback_champion(registry_settings, dt.date(2011, 7, 8), reason="bad live metrics")
+    assert deploy_champion(registry_settings, dt.date(2011, 7, 8))["champion"] == v1
+    assert read_deployment(registry_settings)["champion"]["version"] == v1
+    booster = registry.load_booster(v1)
+    x = parity_sample(booster, 64)
+    served = InProcessBackend.from_repository(registry_settings, v1).predict(x)
+    np.testing.assert_allclose(served, booster.inplace_predict(x), atol=0)
 
 
 def test_two_concurrent_promotions_cannot_both_win(registry_settings, logged_runs):

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from propensity.core.settings import Settings, _deep_merge, _YamlProfiles
+from propensity.core.settings import Settings, committed_settings
 from propensity.core.storage import write_partition
 from propensity.core.zones import SNAPSHOTS, zone_store
 from propensity.features.spec import FEATURE_VIEW, INT_FEATURES, MODEL_FEATURES, SNAPSHOT_SCHEMA
@@ -78,7 +78,7 @@ def snapshot(as_of: dt.date, ids: list[int] | range, seed: int) -> pa.Table:
 @pytest.fixture(scope="module")
 def zone_root(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("feast-fast") / "zones")
-    store = zone_store(Settings(**_deep_merge(_YamlProfiles(Settings)(), {"zone_root": root})))
+    store = zone_store(committed_settings(**{"zone_root": root}))
     for seed, (day, ids) in enumerate(CUSTOMERS.items()):
         write_partition(store, *SNAPSHOTS, day, snapshot(day, ids, seed))
     return root
@@ -96,7 +96,7 @@ def settings_for(zone_root: str, folder: Path, project: str, online_store: str =
             "sqlite_path": str(folder / f"{project}-online.db"),
         },
     }
-    return Settings(**_deep_merge(_YamlProfiles(Settings)(), overrides))
+    return committed_settings(**overrides)
 
 
 @pytest.fixture
@@ -287,7 +287,7 @@ def test_sqlite_takes_the_stock_path(zone_root, tmp_path):
 def zone_with(tmp_path: Path, tables: dict[dt.date, pa.Table]) -> str:
     """A zone root of its own holding these snapshot partitions."""
     root = str(tmp_path / f"zones-{uuid.uuid4().hex[:8]}")
-    store = zone_store(Settings(**_deep_merge(_YamlProfiles(Settings)(), {"zone_root": root})))
+    store = zone_store(committed_settings(**{"zone_root": root}))
     for day, table in tables.items():
         write_partition(store, *SNAPSHOTS, day, table)
     return root
@@ -308,7 +308,7 @@ def test_a_rerun_writes_nothing_new(tmp_path, redis_client, caplog):
     for settings, engine in ((stock, "stock"), (fast, "fast")):
         materialize_dates(settings, [D2], engine=engine)
     before = assert_same_redis(client, stock, fast)
-    zone_with_root = zone_store(Settings(**_deep_merge(_YamlProfiles(Settings)(), {"zone_root": root})))
+    zone_with_root = zone_store(committed_settings(**{"zone_root": root}))
     write_partition(zone_with_root, *SNAPSHOTS, D2, snapshot(D2, CUSTOMERS[D2], 99))
     with caplog.at_level(logging.INFO, logger="propensity.features.feast_redis"):
         assert materialize_dates(stock, [D2], engine="stock")["write_path"] == "feast"
@@ -381,7 +381,10 @@ def test_a_type_feast_rejects_fails_the_same_way(tmp_path, redis_client, caplog)
     stock, fast = pair_on(zone_with(tmp_path, {D2: table}), tmp_path, redis_client)
     errors = []
     for settings, engine in ((stock, "stock"), (fast, "fast")):
-        with caplog.at_level(logging.INFO, logger="propensity.features.feast_redis"), pytest.raises(Exception) as e:
+        with (
+            caplog.at_level(logging.INFO, logger="propensity.features.feast_redis"),
+            pytest.raises(Exception) as e,
+        ):
             materialize_dates(settings, [D2], engine=engine)
         errors.append((type(e.value), str(e.value)))
     assert errors[0] == errors[1]
@@ -406,7 +409,8 @@ def test_a_date_without_rows_records_the_path_that_ran(pair, redis_client, zone_
 
 
 def test_unhandled_column_type_takes_the_stock_path(pair):
-    from propensity.features.feast_redis import FastPathUnsupported, RedisWritePlan
+    from propensity.features.feast_redis import RedisWritePlan
+    from propensity.features.redis_encoding import FastPathUnsupported
 
     _, fast = pair
     store = feature_store(fast, apply=True)
@@ -601,7 +605,7 @@ def test_values_encode_as_feast_does(value_type, array):
     from feast.type_map import python_values_to_proto_values
     from feast.value_type import ValueType
 
-    from propensity.features.feast_redis import encode_values
+    from propensity.features.redis_encoding import encode_values
 
     vt = ValueType[value_type]
     want = [
@@ -617,7 +621,7 @@ def test_timestamps_and_keys_encode_as_feast_does():
     from feast.value_type import ValueType
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    from propensity.features.feast_redis import encode_entity_keys, encode_timestamps, event_micros
+    from propensity.features.redis_encoding import encode_entity_keys, encode_timestamps, event_micros
 
     instants = [
         dt.datetime(1970, 1, 1, tzinfo=dt.UTC),

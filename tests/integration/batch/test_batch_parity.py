@@ -4,27 +4,23 @@ Spark batch job and through the prediction API (real Feast online store, the dep
 from __future__ import annotations
 
 import datetime as dt
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from batch_data import DAY, synthetic_snapshot, train_champion
 from fastapi.testclient import TestClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "batch"))  # batch_data helpers
-from batch_data import DAY, synthetic_snapshot, train_champion  # noqa: E402
-
-from propensity.batch.predictions_db import db_from_settings, read_day  # noqa: E402
-from propensity.batch.scoring import score_day  # noqa: E402
-from propensity.core.storage import write_partition  # noqa: E402
+from propensity.batch.predictions_db import db_from_settings, read_day
+from propensity.batch.scoring import score_day
+from propensity.core.storage import write_partition
 from propensity.core.zones import (
     SNAPSHOTS,
-    zone_store,  # noqa: E402
+    zone_store,
 )
-from propensity.features.store import CustomerFeatures, materialize_dates, online_features  # noqa: E402
-from propensity.serving.app import create_app  # noqa: E402
-from propensity.serving.backends import InProcessBackend  # noqa: E402
-from propensity.serving.deploy import deploy_model  # noqa: E402
+from propensity.features.store import CustomerFeatures, materialize_dates, online_features
+from propensity.serving.app import create_app
+from propensity.serving.backends import InProcessBackend
+from propensity.serving.deploy import deploy_model
 
 pytestmark = pytest.mark.integration
 

@@ -226,9 +226,7 @@ def test_bad_lines_are_quarantined_with_their_reason(kind, lsettings, landing):
 
     summary = validate(lsettings, *interval(DAY))
 
-    quarantine = read_partition(
-        zone_store(lsettings), *QUARANTINED_EVENTS, dt.date(2011, 3, 1)
-    ).to_pandas()
+    quarantine = read_partition(zone_store(lsettings), *QUARANTINED_EVENTS, dt.date(2011, 3, 1)).to_pandas()
     assert summary["status"] == "passed"
     assert list(quarantine["_source_row"]) == [8]
     assert list(quarantine["quarantine_reasons"][0]) == reasons

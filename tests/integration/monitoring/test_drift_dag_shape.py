@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-DAGS = Path(__file__).resolve().parents[2] / "dags"
+DAGS = Path(__file__).resolve().parents[3] / "dags"
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_detector_runs_in_the_drift_venv_and_the_trigger_is_gated(drift_dag) -> 
     detect = drift_dag.get_task("detect_drift")
     assert type(detect).__name__ == "_PythonExternalDecoratedOperator"
     assert detect.python == os.environ.get(
-        "PROPENSITY_DRIFT_PYTHON", str(Path(__file__).resolve().parents[2] / ".venv-drift" / "bin" / "python")
+        "PROPENSITY_DRIFT_PYTHON", str(Path(__file__).resolve().parents[3] / ".venv-drift" / "bin" / "python")
     )
     assert type(drift_dag.get_task("retrain_needed")).__name__ == "_ShortCircuitDecoratedOperator"
     trigger = drift_dag.get_task("trigger_training")

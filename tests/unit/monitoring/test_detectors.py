@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from propensity.core.settings import DriftSettings
+from propensity.monitoring.detectors import corrected_threshold
 from propensity.monitoring.policy import decide
 
 N = 20_000
@@ -165,3 +166,11 @@ def test_score_distribution_shift_is_prediction_drift(results: dict[str, Any]) -
     assert pred["cur_mean"] == pytest.approx(4 / 7, abs=0.02)
     verdict = decide(results["score_shift"], POLICY, DAY)
     assert "prediction_drift" in verdict["reasons"] and verdict["trigger"] is True
+
+
+def test_corrections() -> None:
+    p = [0.001, 0.004, 0.03, 0.2]
+    assert corrected_threshold(p, 0.05, "bonferroni") == 0.0125
+    with pytest.raises(ValueError, match="unknown correction"):
+        corrected_threshold(p, 0.05, "holm")
+    assert corrected_threshold([0.03], 0.05, "bonferroni") == 0.05  # one test: nothing to correct

@@ -7,21 +7,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import sys
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+from batch_data import DAY, synthetic_snapshot, train_champion
+from serving_models import closed_port
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "batch"))  # batch_data helpers
-from batch_data import DAY, synthetic_snapshot, train_champion  # noqa: E402
-from serving_models import closed_port  # noqa: E402
-
-import propensity.batch.scoring as batch_module  # noqa: E402
-from propensity.batch.predictions_db import (  # noqa: E402
+import propensity.batch.scoring as batch_module
+from propensity.batch.predictions_db import (
     MIGRATIONS,
     PredictionsDB,
     PredictionsDBError,
@@ -36,14 +32,14 @@ from propensity.batch.predictions_db import (  # noqa: E402
     stage_rows,
     top_scores,
 )
-from propensity.batch.scoring import BatchInputError, score_day  # noqa: E402
-from propensity.core.storage import write_partition  # noqa: E402
+from propensity.batch.scoring import BatchInputError, score_day
+from propensity.core.storage import write_partition
 from propensity.core.zones import (
     SNAPSHOTS,
-    zone_store,  # noqa: E402
+    zone_store,
 )
 from propensity.features.spec import MODEL_FEATURES, matrix
-from propensity.serving.deploy import deploy_model  # noqa: E402
+from propensity.serving.deploy import deploy_model
 
 pytestmark = pytest.mark.integration
 

@@ -52,8 +52,6 @@ def test_a_real_day_quarantines_the_80995_unit_order_and_its_cancellation(settin
     assert summary["counts"]["raw"] == 1632
     assert summary["counts"]["duplicates_removed"] == 7
     assert summary["reasons"] == {"quantity_within_limit": 2}
-    quarantine = read_partition(
-        zone_store(settings), *QUARANTINED_EVENTS, dt.date(2011, 12, 9)
-    ).to_pandas()
+    quarantine = read_partition(zone_store(settings), *QUARANTINED_EVENTS, dt.date(2011, 12, 9)).to_pandas()
     assert sorted(quarantine["quantity"]) == [-80995, 80995]
     assert summary["counts"]["validated"] == 1632 - 7 - 2

@@ -5,22 +5,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from airflow_cli import AIRFLOW, cli_env
+from batch_data import DAY, synthetic_snapshot, train_champion
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "batch"))  # batch_data helpers
-from batch_data import DAY, synthetic_snapshot, train_champion  # noqa: E402
-
-from propensity.core.settings import Settings, _deep_merge, _YamlProfiles  # noqa: E402
-from propensity.core.storage import write_partition  # noqa: E402
+from propensity.core.settings import committed_settings
+from propensity.core.storage import write_partition
 from propensity.core.zones import (
     SNAPSHOTS,
-    zone_store,  # noqa: E402
+    zone_store,
 )
-from propensity.serving.deploy import deploy_model  # noqa: E402
+from propensity.serving.deploy import deploy_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,7 +36,7 @@ def test_dag_skips_without_a_champion_then_scores_the_param_day(tmp_path):
             "PROPENSITY_SPARK__MASTER": "local[1]",
         },
     )
-    settings = Settings(**_deep_merge(_YamlProfiles(Settings)(), overrides))
+    settings = committed_settings(**overrides)
     write_partition(zone_store(settings), *SNAPSHOTS, DAY, synthetic_snapshot(120, DAY))
 
     def run() -> subprocess.CompletedProcess:

@@ -1,6 +1,6 @@
 """Synthetic feature snapshots and champions for the batch tests and bench (fast for 1 M rows).
 
-Importable by the integration tests and bench/bench_batch.py, which put this folder on sys.path.
+Shared by the unit and integration tests (tests/support is on sys.path) and bench/bench_batch.py.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import pytest
 from airflow_cli import AIRFLOW, cli_env
 
 from propensity.core.schema import VALIDATED_SCHEMA
-from propensity.core.settings import Settings, _deep_merge, _YamlProfiles
+from propensity.core.settings import Settings, committed_settings
 from propensity.core.storage import write_partition
 from propensity.core.zones import VALIDATED_EVENTS, zone_store
 from propensity.features.job import compute_features, compute_features_for_run, content_hash, read_snapshot
@@ -77,7 +77,7 @@ def settings_at(root: Path) -> Settings:
             "sqlite_path": str(root / "feast" / "online.db"),
         },
     }
-    return Settings(**_deep_merge(_YamlProfiles(Settings)(), overrides))
+    return committed_settings(**overrides)
 
 
 def write_validated(settings: Settings) -> None:

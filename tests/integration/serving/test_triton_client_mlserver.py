@@ -18,11 +18,12 @@ import pytest
 from serving_models import closed_port, train_booster
 
 from propensity.serving.backends import MLSERVER, BackendUnavailable, TritonBackend
-from propensity.serving.deploy import deploy_model, parity_sample, read_deployment
+from propensity.serving.deploy import deploy_model, parity_sample
+from propensity.serving.manifest import read_deployment
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MLSERVER_BIN = ROOT / ".venv-mlserver" / "bin" / "mlserver"
 
 

@@ -53,6 +53,4 @@ def write_raw(settings, day: str, rows: list[dict]) -> None:
         frame["quantity"] = frame["quantity"].astype("Int64")
         frame["is_return"] = frame["is_return"].astype("boolean")
         frame = frame[sources.RAW_SCHEMA.names]
-    write_partition(
-        zone_store(settings), *RAW_EVENTS, dt.date.fromisoformat(day), sources.to_table(frame)
-    )
+    write_partition(zone_store(settings), *RAW_EVENTS, dt.date.fromisoformat(day), sources.to_table(frame))

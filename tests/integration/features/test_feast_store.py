@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from propensity.core.settings import Settings, _deep_merge, _YamlProfiles
+from propensity.core.settings import Settings, committed_settings
 from propensity.core.storage import read_partition, write_partition
 from propensity.core.zones import RAW_EVENTS, VALIDATED_EVENTS, zone_store
 from propensity.features.job import compute_features, read_snapshot
@@ -47,7 +47,7 @@ def base(tmp_path_factory, real_data, spark) -> dict:
         "source": {"path": str(real_data)},
         "features": {"registry": str(root / "registry.db"), "sqlite_path": str(root / "online.db")},
     }
-    settings = Settings(**_deep_merge(_YamlProfiles(Settings)(), overrides))
+    settings = committed_settings(**overrides)
     store = zone_store(settings)
     day = FIRST
     while day <= LAST:
@@ -63,8 +63,7 @@ def base(tmp_path_factory, real_data, spark) -> dict:
 
 
 def settings_for(base: dict, **features) -> Settings:
-    merged = _deep_merge(base, {"features": features})
-    return Settings(**_deep_merge(_YamlProfiles(Settings)(), merged))
+    return committed_settings(**{**base, "features": {**base.get("features", {}), **features}})
 
 
 def assert_parity(settings: Settings, as_of: dt.date) -> None:

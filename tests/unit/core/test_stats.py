@@ -1,4 +1,4 @@
-"""Effect sizes and quality metrics: pure numpy, checked against scipy / scikit-learn."""
+"""core.stats: effect sizes and quality metrics in numpy, checked against scipy / scikit-learn."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from propensity.core.stats import (
     psi_categorical,
     wasserstein_sorted,
 )
-from propensity.monitoring.detectors import corrected_threshold
 
 
 def test_wasserstein_matches_scipy_with_ties_and_unequal_sizes() -> None:
@@ -52,11 +51,3 @@ def test_auc_and_calibration_match_references() -> None:
     # Scores twice the true rate are miscalibrated by about the mean score's half.
     y_half = (rng.random(4_000) < s / 2).astype(int)
     assert calibration(y_half, s)["ece"] == pytest.approx(s.mean() / 2, abs=0.03)
-
-
-def test_corrections() -> None:
-    p = [0.001, 0.004, 0.03, 0.2]
-    assert corrected_threshold(p, 0.05, "bonferroni") == 0.0125
-    with pytest.raises(ValueError, match="unknown correction"):
-        corrected_threshold(p, 0.05, "holm")
-    assert corrected_threshold([0.03], 0.05, "bonferroni") == 0.05  # one test: nothing to correct
