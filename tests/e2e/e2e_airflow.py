@@ -50,7 +50,7 @@ SEED_SCRIPT = """
 import datetime as dt, sys
 from propensity.features.job import compute_features
 from propensity.core.settings import get_settings
-from propensity.training.train import plan_cutoffs
+from propensity.core.cutoffs import plan_cutoffs
 from propensity.ingest.validate import collect_and_validate
 
 first, last, as_of = (dt.date.fromisoformat(a) for a in sys.argv[1:4])

@@ -14,7 +14,7 @@ champion and replaces the day's rows of the predictions table (:mod:`propensity.
   ``batch.partitions`` asks for more tasks; no shuffle; a task's predict uses the cores the others
   leave). Each task reads its slice with pyarrow straight from the offline store (local or S3),
   so the JVM neither decodes the rows nor copies them to Python, then runs one ``inplace_predict``
-  per Arrow batch on the matrix built by :func:`propensity.serving.backends.matrix` with the champion's
+  per Arrow batch on the matrix built by :func:`propensity.features.spec.matrix` with the champion's
   feature order (batch, API and training see identical inputs), and each scored batch goes
   straight into the task's COPY.
 * Each partition stages its rows through the database's Python driver (COPY on Postgres); the

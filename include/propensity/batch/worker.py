@@ -7,7 +7,7 @@ predictions database's driver.
 A task is given slices of the day's snapshot file (a row group, or a row range of one). It reads
 them straight from the offline store with pyarrow (a local folder or S3, only the champion's
 columns), scores each Arrow batch with the API's :class:`~propensity.serving.backends.InProcessBackend`
-on the matrix :func:`~propensity.serving.backends.matrix` builds, and COPYs each scored batch as it
+on the matrix :func:`~propensity.features.spec.matrix` builds, and COPYs each scored batch as it
 comes. The JVM never decodes the snapshot's rows or ships them to Python: for a model this
 small, that copy cost as much as the predictions.
 """

