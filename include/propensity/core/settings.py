@@ -133,6 +133,9 @@ class SourceSettings(BaseModel):
     # Item ids of fee/adjustment lines (postage, manual, bank charges, ...): validated rows get
     # line_kind "non_product" so features can tell them from purchases of products.
     non_product_items: list[str] = Field(default_factory=list)
+    # Bounds on what one value may be (propensity.core.ids): longer ids and texts are quarantined.
+    max_id_length: int = 64
+    max_value_length: int = 256
 
 
 class SparkSettings(BaseModel):
@@ -159,7 +162,8 @@ class ValidationSettings(BaseModel):
 
     # Row level: a row failing any of these is quarantined with the check's name.
     max_abs_quantity: int = 10_000  # 80,995 units was a keying error, cancelled minutes later
-    max_unit_price: float = 10_000.0  # product lines only; fee lines carry arbitrary amounts
+    max_unit_price: float = 10_000.0  # product lines only; fee lines carry larger, odd amounts
+    max_abs_amount: float = 1_000_000.0  # every line, fee lines included: beyond it, a keying error
     # Batch gate: the day fails (nothing published) when any of these is off.
     max_quarantine_share: float = 0.10
     max_duplicate_share: float = 0.25  # exact copies of an earlier line, over all lines: a file sent twice

@@ -14,6 +14,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -77,7 +78,10 @@ def _replay_export(
     table, extra = _export_cache(settings)
     ts = table.column("event_time")
     mask = pc.and_(pc.greater_equal(ts, pa.scalar(start, ts.type)), pc.less(ts, pa.scalar(end, ts.type)))
-    frame = table.filter(mask).to_pandas()
+    # A line whose time could not be read belongs to the day the cache assigned it (see below).
+    day = table.column(_ASSIGNED_DAY)
+    mask = pc.or_kleene(mask, pc.equal(day, pa.scalar(start.date(), day.type)))
+    frame = table.filter(mask).drop_columns([_ASSIGNED_DAY]).to_pandas()
     if not len(frame):
         frame = sources.empty_frame()
     return frame, [settings.source.path], extra
@@ -102,7 +106,7 @@ def _export_cache(settings: Settings) -> tuple[pa.Table, list[str]]:
     if memo_key in _MEMO:
         return _MEMO[memo_key]
     data = store.read_bytes(name)
-    key = hashlib.sha256(data + _mapping_fingerprint(source).encode()).hexdigest()[:20]
+    key = hashlib.sha256(data + _mapping_fingerprint(source).encode() + _CACHE_FORMAT).hexdigest()[:20]
     cache = os.path.join(settings.cache_dir, f"{source.name}-{key}.parquet")
     meta = cache + ".json"
     if os.path.exists(cache) and os.path.exists(meta):
@@ -115,21 +119,68 @@ def _export_cache(settings: Settings) -> tuple[pa.Table, list[str]]:
     raw = sources.read_source_bytes(data, source.path, source)
     extra = sources.unmapped_columns(raw, source)
     frame = sources.to_canonical(raw, source.path, source)
-    unassignable = frame["event_time"].isna()
-    if unassignable.any():
-        # Without a timestamp a row belongs to no day: refuse rather than silently drop it.
-        sample = frame.loc[unassignable, ["_source_row", "_parse_errors"]].head(5).to_dict("records")
-        raise SourceError(
-            f"{source.path}: {int(unassignable.sum())} row(s) have no usable event time and cannot be "
-            f"assigned to a day, e.g. {sample}"
-        )
-    table = sources.to_table(frame).sort_by([("event_time", "ascending"), ("_source_row", "ascending")])
+    days = assign_days(frame, raw[source.mapping.event_time], source)
+    table = sources.to_table(frame).append_column(_ASSIGNED_DAY, pa.array(days, pa.date32()))
+    table = table.sort_by([("event_time", "ascending"), ("_source_row", "ascending")])
     os.makedirs(settings.cache_dir, exist_ok=True)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     atomic_write_file(cache, buf.getvalue())
     atomic_write_file(meta, json.dumps({"source": source.path, "unmapped_columns": extra}).encode())
     return table, extra
+
+
+_ASSIGNED_DAY = "_assigned_day"  # cache-only: the day of a line whose time could not be read
+_CACHE_FORMAT = b"cache-v2"  # part of the cache key: a cache of an older layout is never read
+
+
+def assign_days(frame: pd.DataFrame, raw_times: pd.Series, source: SourceSettings) -> list[dt.date | None]:
+    """For each row without a readable event time, the day it is collected (and quarantined) on.
+
+    One bad line must not block any day but its own, and must not be lost. Its day is its date when
+    the date part of the value still reads (``2011-03-01 25:61`` -> 1 March), else the day of the
+    line before it in the file (exports list a day's lines together), else of the line after it.
+    Every other row: ``None`` (its event time decides). The row's ``_parse_errors`` says which.
+    """
+    missing = frame["event_time"].isna().to_numpy()
+    out: list[dt.date | None] = [None] * len(frame)
+    if not missing.any():
+        return out
+    dates = _date_parts(raw_times.reset_index(drop=True), source)
+    known = pd.Series(frame["event_time"].dt.date.where(~missing), dtype="object")
+    before, after = known.ffill(), known.bfill()
+    notes = frame["_parse_errors"].astype("string").copy()
+    for i in np.flatnonzero(missing):
+        if dates[i] is not None:
+            out[i], why = dates[i], "collected on the day of its date"
+        elif before[i] is not None and not pd.isna(before[i]):
+            out[i], why = before[i], "collected on the day of the line before it"
+        elif after[i] is not None and not pd.isna(after[i]):
+            out[i], why = after[i], "collected on the day of the line after it"
+        else:
+            raise SourceError(f"{source.path}: no line has a readable {source.mapping.event_time!r}")
+        notes.iloc[i] = f"{notes.iloc[i]} ({why}, {out[i].isoformat()})"
+    frame["_parse_errors"] = notes
+    return out
+
+
+def _date_parts(raw: pd.Series, source: SourceSettings) -> list[dt.date | None]:
+    """The date part of each timestamp text, where it reads on its own (else None)."""
+    import re
+
+    fmt = source.timestamp_format
+    text = raw.astype("string").str.strip()
+    if fmt:
+        date_fmt = re.split(r"(?=%[HIMSpfzZ])|T", fmt)[0].rstrip(" T")
+        head = text.str.split(r"[ T]", n=1, regex=True).str[0]
+        parsed = pd.to_datetime(head, format=date_fmt, errors="coerce")
+    else:
+        parsed = pd.to_datetime(text.str.slice(0, 10), format="%Y-%m-%d", errors="coerce")
+    # A local date's day is taken at its noon, so a time zone never moves it to the day before.
+    noon = parsed + pd.Timedelta(hours=12)
+    local = noon.dt.tz_localize(source.timezone, nonexistent="shift_forward", ambiguous="NaT")
+    days = local.dt.tz_convert("UTC").dt.date
+    return [None if pd.isna(d) else d for d in days]
 
 
 def _mapping_fingerprint(source: SourceSettings) -> str:

@@ -210,9 +210,17 @@ def build_checks(settings: Settings, bands: Bands) -> list[Check]:
     add(
         "quantity_within_limit",
         "row",
-        f"|quantity| above {v.max_abs_quantity} is a keying error (80,995 units, cancelled minutes later)",
+        f"|quantity| above {v.max_abs_quantity} (validation.max_abs_quantity) is a keying error, not a purchase",
         gxe.ExpectColumnValuesToBeBetween(
             column="quantity", min_value=-v.max_abs_quantity, max_value=v.max_abs_quantity
+        ),
+    )
+    add(
+        "amount_within_limit",
+        "row",
+        f"|amount| above {v.max_abs_amount:g} (validation.max_abs_amount) is a keying error; fee lines too",
+        gxe.ExpectColumnValuesToBeBetween(
+            column="amount", min_value=-v.max_abs_amount, max_value=v.max_abs_amount
         ),
     )
     add(
@@ -224,7 +232,7 @@ def build_checks(settings: Settings, bands: Bands) -> list[Check]:
     add(
         "product_price_within_limit",
         "row",
-        f"a product priced above {v.max_unit_price:g} is a typo; fee lines are exempt",
+        f"a product priced above {v.max_unit_price:g} (validation.max_unit_price) is a typo; fee lines are exempt",
         gxe.ExpectColumnValuesToBeBetween(
             column="unit_price", max_value=v.max_unit_price, row_condition=Column("line_kind") == PRODUCT
         ),

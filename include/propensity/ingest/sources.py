@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from propensity.core.ids import canonical_customer_ids
 from propensity.core.schema import RAW_SCHEMA
 from propensity.core.settings import SourceSettings
 
@@ -114,20 +115,21 @@ def _strings(s: pd.Series) -> pd.Series:
     return out.mask(out == "", pd.NA)
 
 
-def _customer_ids(s: pd.Series) -> pd.Series:
-    ids = _strings(s)
-    # Integer ids exported through a float column ("17850.0") are the same customer as "17850".
-    return ids.str.replace(r"^(-?\d+)\.0+$", r"\1", regex=True)
-
-
-def _numbers(s: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """(values, bad) where bad marks non-null inputs that are not numbers."""
+def _numbers(s: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(values, not_numbers, not_finite): the last two mark non-null inputs that are not numbers, and
+    numbers that are infinite or NaN spelled out ("inf", "1e400"); both become missing values."""
     if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
         values = s.astype("float64")
-        return values, pd.Series(False, index=s.index)
-    raw = _strings(s)
-    values = pd.to_numeric(raw, errors="coerce").astype("float64")
-    return values, raw.notna() & values.isna()
+        not_number = pd.Series(False, index=s.index)
+        present = s.notna()
+    else:
+        raw = _strings(s)
+        values = pd.to_numeric(raw, errors="coerce").astype("float64")
+        present = raw.notna()
+        # "nan" parses as a float: a number spelled as a missing value is not a value either.
+        not_number = present & values.isna() & ~raw.str.fullmatch(r"[+-]?nan", case=False).fillna(False)
+    not_finite = present & ~not_number & ~np.isfinite(values)
+    return values.where(~not_finite), not_number, not_finite
 
 
 def _timestamps(s: pd.Series, source: SourceSettings) -> tuple[pd.Series, pd.Series]:
@@ -175,33 +177,56 @@ def to_canonical(df: pd.DataFrame, name: str, source: SourceSettings) -> pd.Data
     idx = df.index
     errors: list[pd.Series] = []
 
-    def flag(bad: pd.Series, field: str, original: pd.Series, what: str) -> None:
+    def flag(bad: pd.Series, field: str, original: pd.Series, what: str | pd.Series) -> None:
+        """Name the field, the source's column and the value (cut short) on each bad row."""
         if bad.any():
+            column = m.mapped()[field] if field in m.mapped() else field
+            shown = original[bad].astype(str).map(_shown)
+            reason = what[bad] if isinstance(what, pd.Series) else what
             msg = pd.Series(pd.NA, index=idx, dtype="string")
-            msg[bad] = field + ": " + original[bad].astype(str).map(repr) + f" {what}"
+            msg[bad] = f"{field} (column {column!r}): " + shown + " " + reason
             errors.append(msg)
 
+    def bounded(field: str, values: pd.Series) -> pd.Series:
+        """A text column, flagged where a value is longer than the source allows (kept as sent)."""
+        long = values.str.len() > source.max_value_length
+        flag(
+            long.fillna(False).astype(bool),
+            field,
+            values,
+            f"is longer than {source.max_value_length} characters",
+        )
+        return values
+
     out = pd.DataFrame(index=idx)
-    out["customer_id"] = _customer_ids(df[m.customer_id])
+    ids, problems = canonical_customer_ids(df[m.customer_id], source.max_id_length)
+    flag(problems.notna(), "customer_id", df[m.customer_id], problems)
+    out["customer_id"] = ids
 
     event_time, bad = _timestamps(df[m.event_time], source)
     flag(bad, "event_time", df[m.event_time], "is not a timestamp")
     out["event_time"] = event_time
 
-    qty, bad = _numbers(df[m.quantity])
+    qty, bad, infinite = _numbers(df[m.quantity])
     flag(bad, "quantity", df[m.quantity], "is not a number")
+    flag(infinite, "quantity", df[m.quantity], "is not a finite number")
     fractional = qty.notna() & (qty != np.round(qty))
     flag(fractional, "quantity", df[m.quantity], "is not a whole number")
-    qty = qty.mask(fractional)
+    # Beyond 2^53 a double holds no exact integer (and an int64 may not hold it at all).
+    huge = qty.abs() > 2**53
+    flag(huge.fillna(False).astype(bool), "quantity", df[m.quantity], "is too large to be a count")
+    qty = qty.mask(fractional | huge)
     out["quantity"] = qty.astype("Int64")
 
     price = amount = None
     if m.unit_price:
-        price, bad = _numbers(df[m.unit_price])
+        price, bad, infinite = _numbers(df[m.unit_price])
         flag(bad, "unit_price", df[m.unit_price], "is not a number")
+        flag(infinite, "unit_price", df[m.unit_price], "is not a finite number")
     if m.amount:
-        amount, bad = _numbers(df[m.amount])
+        amount, bad, infinite = _numbers(df[m.amount])
         flag(bad, "amount", df[m.amount], "is not a number")
+        flag(infinite, "amount", df[m.amount], "is not a finite number")
     if amount is None:
         amount = qty * price
     if price is None:
@@ -210,7 +235,7 @@ def to_canonical(df: pd.DataFrame, name: str, source: SourceSettings) -> pd.Data
     out["unit_price"] = price.astype("float64")
     out["amount"] = amount.astype("float64")
 
-    order = _strings(df[m.order_id]) if m.order_id else None
+    order = bounded("order_id", _strings(df[m.order_id])) if m.order_id else None
     if m.is_return:
         is_return, bad = _booleans(df[m.is_return])
         flag(bad, "is_return", df[m.is_return], "is not a boolean")
@@ -226,8 +251,9 @@ def to_canonical(df: pd.DataFrame, name: str, source: SourceSettings) -> pd.Data
         when = out["event_time"].dt.strftime("%Y-%m-%dT%H:%M:%SZ").astype("string")
         order = (who + "@" + when).astype("string")
     out["order_id"] = order
-    out["item_id"] = _strings(df[m.item_id]) if m.item_id else pd.Series(pd.NA, index=idx, dtype="string")
-    out["country"] = _strings(df[m.country]) if m.country else pd.Series(pd.NA, index=idx, dtype="string")
+    none = pd.Series(pd.NA, index=idx, dtype="string")
+    out["item_id"] = bounded("item_id", _strings(df[m.item_id])) if m.item_id else none
+    out["country"] = bounded("country", _strings(df[m.country])) if m.country else none
 
     out["_source_file"] = name
     out["_source_row"] = np.arange(1, n + 1, dtype="int64")
@@ -253,3 +279,9 @@ def empty_frame() -> pd.DataFrame:
 def concat(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else empty_frame()
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A value as quoted in a parse error: repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"

@@ -160,10 +160,10 @@ def test_unparseable_values_are_kept_and_named_not_dropped(tmp_path, make_settin
     collect(settings, *day("2011-03-01"))
     out = read_partition(settings_store(settings), *RAW_EVENTS, dt.date(2011, 3, 1)).to_pandas()
     assert len(out) == 2
-    assert out["_parse_errors"].iloc[0] == "quantity: 'abc' is not a number"
-    assert (
-        out["_parse_errors"].iloc[1]
-        == "quantity: '2.5' is not a whole number; unit_price: 'x' is not a number"
+    assert out["_parse_errors"].iloc[0] == "quantity (column 'Quantity'): 'abc' is not a number"
+    assert out["_parse_errors"].iloc[1] == (
+        "quantity (column 'Quantity'): '2.5' is not a whole number; "
+        "unit_price (column 'UnitPrice'): 'x' is not a number"
     )
     assert list(out["_source_row"]) == [1, 2]
 
@@ -179,6 +179,82 @@ def test_float_formatted_customer_ids_are_the_same_customer(tmp_path, make_setti
     out = read_partition(settings_store(settings), *RAW_EVENTS, dt.date(2011, 3, 1)).to_pandas()
     assert out["customer_id"].iloc[0] == "17850"
     assert pd.isna(out["customer_id"].iloc[1])
+
+
+EXPORT_HEADER = "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+
+
+def test_a_bad_line_in_an_export_stops_only_its_own_day(tmp_path, make_settings):
+    """Unreadable times and non-finite numbers go to their day's quarantine; the next day is clean."""
+    path = tmp_path / "export.csv"
+    path.write_text(
+        EXPORT_HEADER
+        + "1,A,1,2011-03-01 09:00:00,1.0,1,UK\n"
+        + "2,A,1,2011-03-01 25:61:00,1.0,2,UK\n"  # the time is broken, the date still reads
+        + "3,A,1,garbage,1.0,3,UK\n"  # nothing reads: the day of the line before it
+        + "4,A,inf,2011-03-01 12:00:00,1.0,4,UK\n"  # crashed collect with an OverflowError
+        + "5,A,1e400,2011-03-01 13:00:00,NaN,5,UK\n"
+        + "6,A,1,2011-03-02 10:00:00,1.0,6,UK\n"
+    )
+    settings = make_settings(source={"path": str(path)})
+    first = collect(settings, *day("2011-03-01"))
+    second = collect(settings, *day("2011-03-02"))
+    assert (first.rows, second.rows) == (5, 1)
+    raw = read_partition(settings_store(settings), *RAW_EVENTS, dt.date(2011, 3, 1)).to_pandas()
+    errors = dict(zip(raw["_source_row"], raw["_parse_errors"], strict=True))
+    assert pd.isna(errors[1])
+    assert errors[2] == (
+        "event_time (column 'InvoiceDate'): '2011-03-01 25:61:00' is not a timestamp "
+        "(collected on the day of its date, 2011-03-01)"
+    )
+    assert errors[3].endswith("(collected on the day of the line before it, 2011-03-01)")
+    assert errors[4] == "quantity (column 'Quantity'): 'inf' is not a finite number"
+    assert "unit_price (column 'UnitPrice'): 'NaN' is not a finite number" in errors[5]
+    clean = read_partition(settings_store(settings), *RAW_EVENTS, dt.date(2011, 3, 2)).to_pandas()
+    assert clean["_parse_errors"].isna().all() and list(clean["_source_row"]) == [6]
+
+
+@pytest.mark.parametrize(
+    ("raw_id", "why"),
+    [
+        ("null", "is a placeholder for a missing value, not an id"),
+        ("N/A", "is a placeholder for a missing value, not an id"),
+        ("-17850", "starts with a sign: a number, not an id"),
+        ("1.785e4", "is a number in exponent form (an id mangled by a spreadsheet)"),
+        ("178 50", "contains whitespace, control or invisible characters"),
+        ("1785\u200b0", "contains whitespace, control or invisible characters"),
+        ("x" * 65, "is 65 characters long (at most 64)"),
+    ],
+)
+def test_implausible_customer_ids_are_kept_and_flagged_never_taken_as_customers(
+    tmp_path, make_settings, raw_id, why
+):
+    path = tmp_path / "export.csv"
+    path.write_text(
+        EXPORT_HEADER
+        + f"1,A,1,2011-03-01 10:00:00,1.0,{raw_id},UK\n"
+        + "2,A,1,2011-03-01 11:00:00,1.0,000123,UK\n"
+    )
+    settings = make_settings(source={"path": str(path)})
+    collect(settings, *day("2011-03-01"))
+    out = read_partition(settings_store(settings), *RAW_EVENTS, dt.date(2011, 3, 1)).to_pandas()
+    assert out["customer_id"].tolist() == [raw_id, "000123"]  # kept as sent; leading zeros kept
+    assert out["_parse_errors"].iloc[0].startswith("customer_id (column 'CustomerID'): ")
+    assert out["_parse_errors"].iloc[0].endswith(why)
+    assert pd.isna(out["_parse_errors"].iloc[1])
+
+
+def test_an_overlong_value_is_flagged_with_its_length(tmp_path, make_settings):
+    path = tmp_path / "export.csv"
+    path.write_text(EXPORT_HEADER + f"1,{'S' * 100_000},1,2011-03-01 10:00:00,1.0,1,UK\n")
+    settings = make_settings(source={"path": str(path)})
+    collect(settings, *day("2011-03-01"))
+    out = read_partition(settings_store(settings), *RAW_EVENTS, dt.date(2011, 3, 1)).to_pandas()
+    message = out["_parse_errors"].iloc[0]
+    assert message.startswith("item_id (column 'StockCode'): 'SSSS") and message.endswith(
+        "is longer than 256 characters"
+    )
+    assert len(message) < 200  # the value is kept in the row, never echoed whole in the message
 
 
 def test_rerun_replaces_the_partition_with_identical_rows(settings, real_data):

@@ -44,6 +44,9 @@ def test_bad_rows_are_quarantined_with_every_reason_and_counts_reconcile(vsettin
     rows[7] = sale(DAY, 7, item_id="POST", unit_price=18.0, amount=36.0, quantity=2)  # fee line: kept
     rows[8] = sale(DAY, 8, quantity=-1, unit_price=2.0, amount=-2.0, is_return=True)  # a proper return
     rows[9] = sale(DAY, 9, quantity=0, amount=0.0)
+    rows[10] = sale(
+        DAY, 10, item_id="POST", quantity=2, unit_price=2.5e6, amount=5e6
+    )  # fee lines are bounded too
     write_raw(vsettings, DAY, rows)
     before = raw_digest(vsettings, DAY)
 
@@ -62,17 +65,18 @@ def test_bad_rows_are_quarantined_with_every_reason_and_counts_reconcile(vsettin
         6: ["order_id_present", "item_id_present"],
         7: ["return_quantity_negative"],
         10: ["quantity_nonzero", "sale_quantity_positive"],
+        11: ["amount_within_limit"],
     }
     assert summary["status"] == "passed"
     assert summary["counts"] == {
         "raw": 80,
-        "validated": 73,
-        "quarantined": 7,
+        "validated": 72,
+        "quarantined": 8,
         "duplicates_removed": 0,
         "guest_rows_validated": summary["counts"]["guest_rows_validated"],
         "non_product_validated": 1,
     }
-    assert summary["reasons"]["quantity_present"] == 1 and sum(summary["reasons"].values()) == 11
+    assert summary["reasons"]["quantity_present"] == 1 and sum(summary["reasons"].values()) == 12
     # Nothing lost: every raw line is in exactly one of validated / quarantine.
     assert sorted([*validated["_source_row"], *quarantine["_source_row"]]) == list(range(1, 81))
     assert set(validated.loc[validated["item_id"] == "POST", "line_kind"]) == {"non_product"}
