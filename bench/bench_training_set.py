@@ -10,8 +10,8 @@ each variant three ways, each in its own child process:
   ``--feast-max-rss-gb`` or ``--feast-timeout`` and the table says so;
 * ``floor``: the same partitions read with pyarrow and the labels joined, with no checks.
 
-For each: the build's wall time (imports and set-up excluded; best of up to 3 runs while they
-take under 10 s together, Feast once), the child's peak RSS (VmHWM read
+For each: the build's wall time (imports and set-up excluded; best of up to 5 runs while they
+take under 15 s together, Feast once), the child's peak RSS (VmHWM read
 right after the build; the parent also polls VmRSS to enforce the cap), the Arrow size of the
 result, and a digest of the rows (direct and floor must agree; Feast too where it finishes).
 
@@ -242,9 +242,9 @@ def child(way: str, workdir: Path) -> dict[str, Any]:
 
         from propensity.training_set import build_training_set, training_rows
     before = _status_kb("self", "VmRSS")
-    # Short builds are timed best of up to three (the machine is shared); Feast's once.
+    # Short builds are timed best of up to five (the machine is shared); Feast's once.
     runs = []
-    while not runs or (way != "feast" and len(runs) < 3 and sum(runs) < 10.0):
+    while not runs or (way != "feast" and len(runs) < 5 and sum(runs) < 15.0):
         table = frame = None
         started = time.perf_counter()
         if way == "direct":
