@@ -5,7 +5,7 @@ date=D/``, validated events under ``validated/events/date=D/``), then builds the
 each variant three ways, each in its own child process:
 
 * ``direct``: :func:`propensity.training.snapshot_join.build_training_table` (what training will use);
-* ``feast``: :func:`propensity.training_set.build_training_set`, Feast ``get_historical_features``
+* ``feast``: :func:`propensity.training.dataset.build_training_set`, Feast ``get_historical_features``
   on the file offline store (today's path). It may blow up: the child is killed past
   ``--feast-max-rss-gb`` or ``--feast-timeout`` and the table says so;
 * ``floor``: the same partitions read with pyarrow and the labels joined, with no checks.
@@ -84,7 +84,7 @@ VARIANTS = (
 
 
 def settings_for(workdir: Path):
-    from propensity.settings import Settings, _deep_merge, _YamlProfiles
+    from propensity.core.settings import committed_settings
 
     overrides = {
         "zone_root": str(workdir / "zones"),
@@ -95,7 +95,7 @@ def settings_for(workdir: Path):
             "sqlite_path": str(workdir / "feast" / "online.db"),
         },
     }
-    return Settings(**_deep_merge(_YamlProfiles(Settings)(), overrides))
+    return committed_settings(**overrides)
 
 
 def customer_ids(n: int) -> np.ndarray:
@@ -105,10 +105,10 @@ def customer_ids(n: int) -> np.ndarray:
 
 def write_inputs(variant: Variant, workdir: Path, seed: int = 16) -> None:
     """Snapshots (every customer in each) and validated events covering every label window."""
-    from propensity.collect import zone_store
-    from propensity.features import INT_FEATURES, MODEL_FEATURES, OFFLINE_ZONE, SNAPSHOT_SCHEMA, SNAPSHOTS
-    from propensity.schema import VALIDATED_SCHEMA
-    from propensity.storage import write_partition
+    from propensity.core.schema import VALIDATED_SCHEMA
+    from propensity.core.storage import write_partition
+    from propensity.core.zones import SNAPSHOTS, VALIDATED_EVENTS, zone_store
+    from propensity.features.spec import INT_FEATURES, MODEL_FEATURES, SNAPSHOT_SCHEMA
 
     store = zone_store(settings_for(workdir))
     ids = customer_ids(variant.customers)
@@ -128,7 +128,7 @@ def write_inputs(variant: Variant, workdir: Path, seed: int = 16) -> None:
                 pa.array(r.integers(0, 365, n)) if name in INT_FEATURES else pa.array(r.gamma(2.0, 20.0, n))
             )
         cols["country"] = country
-        write_partition(store, OFFLINE_ZONE, SNAPSHOTS, day, pa.table(cols).cast(SNAPSHOT_SCHEMA))
+        write_partition(store, *SNAPSHOTS, day, pa.table(cols).cast(SNAPSHOT_SCHEMA))
     cutoffs = variant.cutoff_dates()
     first, last = cutoffs[0], cutoffs[-1] + dt.timedelta(days=HORIZON - 1)
     per_day = int(n * LINES_PER_CUSTOMER_DAY)
@@ -162,7 +162,7 @@ def write_inputs(variant: Variant, workdir: Path, seed: int = 16) -> None:
                 "line_kind": pa.array(kind, pa.string()),
             }
         )
-        write_partition(store, "validated", "events", day, table.cast(VALIDATED_SCHEMA))
+        write_partition(store, *VALIDATED_EVENTS, day, table.cast(VALIDATED_SCHEMA))
 
 
 # -- the three ways (children) -------------------------------------------------------------
@@ -184,14 +184,15 @@ def floor_build(workdir: Path, cutoffs: list[dt.date]) -> pa.Table:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from propensity.features import MODEL_FEATURES
+    from propensity.core.zones import SNAPSHOTS, VALIDATED_EVENTS
+    from propensity.features.spec import MODEL_FEATURES
 
     zones = workdir / "zones"
     days = sorted({c + dt.timedelta(days=i) for c in cutoffs for i in range(HORIZON)})
     buyers = {}
     for day in days:
         t = pq.read_table(
-            zones / "validated" / "events" / f"date={day}" / "part-0.parquet",
+            zones / VALIDATED_EVENTS.zone / VALIDATED_EVENTS.name / f"date={day}" / "part-0.parquet",
             columns=["customer_id", "is_return", "line_kind"],
         )
         keep = pc.and_(
@@ -202,7 +203,7 @@ def floor_build(workdir: Path, cutoffs: list[dt.date]) -> pa.Table:
     parts = []
     for c in cutoffs:
         snap = pq.read_table(
-            zones / "offline" / "customer_features" / f"date={c}" / "part-0.parquet",
+            zones / SNAPSHOTS.zone / SNAPSHOTS.name / f"date={c}" / "part-0.parquet",
             columns=["customer_id", *MODEL_FEATURES, "country"],
         )
         window = pc.unique(
@@ -242,7 +243,7 @@ def child(way: str, workdir: Path) -> dict[str, Any]:
     if way == "feast":
         import feast  # noqa: F401
 
-        from propensity.training_set import build_training_set, training_rows
+        from propensity.training.dataset import build_training_set, training_rows
     before = _status_kb("self", "VmRSS")
     # Short builds are timed best of up to five (the machine is shared); Feast's once.
     runs = []

@@ -3,7 +3,7 @@
 A new user has a file, not a configuration. This reads it as collect would (CSV with any delimiter,
 line ending and encoding, gzip, Parquet), guesses which column is which from types and content
 (names only break ties), and proposes the whole ``source:`` block. That block then goes through
-the pipeline's own parser (:func:`propensity.sources.to_canonical`), so what the report shows is
+the pipeline's own parser (:func:`propensity.ingest.sources.to_canonical`), so what the report shows is
 what the first run will see: the first and last day, daily volume, zero days against the
 proposed trading calendar, rows that validation would quarantine or count as duplicates, and the
 first date a model can be trained.
@@ -49,10 +49,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-# Old flat paths until the reorg lands (then: ingest.sources, ingest.calendar, core.settings, core.cutoffs).
-from propensity import sources
-from propensity.calendar import closed_reason
-from propensity.settings import (
+from propensity.core.settings import (
     CANONICAL_FIELDS,
     ColumnMapping,
     Settings,
@@ -61,6 +58,8 @@ from propensity.settings import (
     TrainingSettings,
     ValidationSettings,
 )
+from propensity.ingest import sources
+from propensity.ingest.calendar import closed_reason
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ class FileFacts:
 
 def _read_bytes(path: str) -> bytes:
     if "://" in path:
-        from propensity.storage import open_store
+        from propensity.core.storage import open_store
 
         folder, name = path.rsplit("/", 1)
         return open_store(folder).read_bytes(name)
@@ -901,7 +900,7 @@ def _odd_items(item: Profile | None) -> list[str]:
 def _first_run(
     report: SourceReport, source: SourceSettings, training: TrainingSettings, horizon: int, used: set[str]
 ) -> list[str]:
-    from propensity.train import plan_cutoffs
+    from propensity.core.cutoffs import plan_cutoffs
 
     c = report.checks
     out = []
@@ -1061,7 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     settings = None
     try:
-        from propensity.settings import get_settings
+        from propensity.core.settings import get_settings
 
         settings = get_settings()
     except Exception as exc:  # noqa: BLE001 - a new user's config may not load yet; defaults do

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from propensity import sources
+from propensity.core.settings import SourceSettings
+from propensity.ingest import sources
 from propensity.ingest.source_check import SourceCheckError, check_source, run
-from propensity.settings import SourceSettings
 
 
 @pytest.fixture(scope="module")

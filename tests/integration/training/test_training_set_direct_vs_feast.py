@@ -16,23 +16,35 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from propensity.collect import collect, zone_store
-from propensity.features import MODEL_FEATURES, compute_features, read_snapshot
-from propensity.metrics import psi
-from propensity.settings import Settings, _deep_merge, _YamlProfiles
-from propensity.storage import read_partition, write_partition
-from propensity.train import fit, plan_cutoffs
+from propensity.core.cutoffs import plan_cutoffs
+from propensity.core.settings import committed_settings
+from propensity.core.stats import psi
+from propensity.core.storage import read_partition, write_partition
+from propensity.core.zones import RAW_EVENTS, TRAINING_SETS, VALIDATED_EVENTS, zone_store
+from propensity.features.job import compute_features, read_snapshot
+from propensity.features.spec import MODEL_FEATURES
+from propensity.ingest.collect import collect
+from propensity.training.dataset import build_training_set, training_rows
 from propensity.training.snapshot_join import (
     build_training_table,
     to_frame,
     training_set_for_rows,
     write_training_set,
 )
-from propensity.training_set import build_training_set, training_rows
+from propensity.training.train import fit
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MONITORED = [f for f in MODEL_FEATURES if f not in ("tenure_days", "days_since_first_order")]
+
+
+def merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (
+            merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +52,7 @@ def retailer(tmp_path_factory, synthetic_retailer, synthetic_retailer_config, sp
     root = tmp_path_factory.mktemp("synthetic")
     spec = synthetic_retailer.RetailerSpec()
     path = synthetic_retailer.write(synthetic_retailer.generate(spec), root / "retailer.parquet")
-    overrides = _deep_merge(
+    overrides = merged(
         synthetic_retailer_config,
         {
             "zone_root": str(root / "zones"),
@@ -49,7 +61,7 @@ def retailer(tmp_path_factory, synthetic_retailer, synthetic_retailer_config, sp
             "features": {"registry": str(root / "registry.db"), "sqlite_path": str(root / "online.db")},
         },
     )
-    settings = Settings(**_deep_merge(_YamlProfiles(Settings)(), overrides))
+    settings = committed_settings(**overrides)
     store = zone_store(settings)
     first, end = spec.start, spec.end
     fees = settings.source.non_product_items
@@ -57,10 +69,10 @@ def retailer(tmp_path_factory, synthetic_retailer, synthetic_retailer_config, sp
     while day < end:
         start = dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC)
         collect(settings, start, start + dt.timedelta(days=1))
-        raw = read_partition(store, "raw", "events", day)
+        raw = read_partition(store, *RAW_EVENTS, day)
         items = raw.column("item_id").to_numpy(zero_copy_only=False)
         kind = np.where(np.isin(items, fees), "non_product", "product")
-        write_partition(store, "validated", "events", day, raw.append_column("line_kind", pa.array(kind)))
+        write_partition(store, *VALIDATED_EVENTS, day, raw.append_column("line_kind", pa.array(kind)))
         day += dt.timedelta(days=1)
     plan = plan_cutoffs(first, end, settings.training)
     cutoff = plan.all[-6]
@@ -131,7 +143,7 @@ def test_the_synthetic_retailer_is_learnable(retailer):
     settings, plan, spec = retailer["settings"], retailer["plan"], retailer["spec"]
     result = write_training_set(settings, plan.all, spec.end)
     assert len(result["rows_per_cutoff"]) == len(plan.all) == settings.training.max_cutoffs
-    frame = to_frame(read_partition(zone_store(settings), "training_sets", "propensity", spec.end))
+    frame = to_frame(read_partition(zone_store(settings), *TRAINING_SETS, spec.end))
     model = fit(frame, MODEL_FEATURES, plan, settings.training)
     auc = model.eval_metrics["roc_auc"]
     assert auc > 0.78

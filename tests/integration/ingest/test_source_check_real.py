@@ -11,8 +11,8 @@ import datetime as dt
 import pytest
 import yaml
 
+from propensity.core.settings import SourceSettings
 from propensity.ingest.source_check import check_source
-from propensity.settings import SourceSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
