@@ -78,3 +78,26 @@ def spark() -> Iterator:
     session = spark_session(master="local[1]", app_name="propensity-tests", shuffle_partitions=1)
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def synthetic_retailer():
+    """The synthetic retailer generator (tests/fixtures/synthetic_retailer.py) as a module."""
+    import importlib.util
+    import sys
+
+    name = "synthetic_retailer"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "fixtures" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve the module's annotations through it
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def synthetic_retailer_config() -> dict:
+    """tests/fixtures/synthetic_retailer.yaml: the overrides that point the pipeline at that retailer."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "tests" / "fixtures" / "synthetic_retailer.yaml").read_text())

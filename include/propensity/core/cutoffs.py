@@ -31,7 +31,8 @@ def plan_cutoffs(first_day: dt.date, as_of: dt.date, cfg: TrainingSettings) -> C
 
     A label for cutoff c needs the horizon after it: c + horizon <= as_of. The weekday grid is
     fixed (not counted back from ``as_of``), so every training run reuses the same feature
-    snapshots, and the plan is a function of ``as_of`` alone.
+    snapshots, and the plan is a function of ``as_of`` alone. Only the latest ``cfg.max_cutoffs``
+    are kept.
     """
     latest = as_of - dt.timedelta(days=cfg.label_horizon_days)
     latest -= dt.timedelta(days=(latest.weekday() - cfg.cutoff_weekday) % 7)
@@ -42,6 +43,8 @@ def plan_cutoffs(first_day: dt.date, as_of: dt.date, cfg: TrainingSettings) -> C
         cutoffs.append(c)
         c -= dt.timedelta(days=cfg.cutoff_step_days)
     cutoffs.sort()
+    # The most recent ones: a long history must not make the training set unbounded.
+    cutoffs = cutoffs[-cfg.max_cutoffs :]
     needed = cfg.eval_cutoffs + cfg.validation_cutoffs + 1
     if len(cutoffs) < needed:
         raise ValueError(

@@ -228,6 +228,10 @@ class TrainingSettings(BaseModel):
     cutoff_weekday: int = 0  # cutoffs fall on Mondays: one snapshot grid shared by every training run
     # The first cutoff leaves this much history before it, so features are not all cold-start.
     min_history_days: int = 90
+    # Only the most recent cutoffs train: rows grow with customers x cutoffs, and a long history
+    # must not make training unbounded. 52 weekly cutoffs (a year, every season) of a 20,000-customer
+    # retailer are ~1 M rows (~200 MB): a laptop's training set.
+    max_cutoffs: int = Field(default=52, ge=1)
     eval_cutoffs: int = 2  # most recent matured cutoffs: evaluation only, never trained on
     validation_cutoffs: int = 1  # the latest training cutoffs: early stopping only
     xgb_params: dict[str, Any] = Field(
@@ -255,6 +259,16 @@ class TrainingSettings(BaseModel):
     gate: GateThresholds = Field(default_factory=GateThresholds)
 
     _sqlite_urls = field_validator("mlflow_tracking_uri", "audit_db_url")(sqlite_url_in_home)
+
+    @model_validator(mode="after")
+    def _room_for_every_split(self) -> TrainingSettings:
+        needed = self.eval_cutoffs + self.validation_cutoffs + 1
+        if self.max_cutoffs < needed:
+            raise ValueError(
+                f"training.max_cutoffs={self.max_cutoffs} leaves no training cutoff: eval_cutoffs "
+                f"({self.eval_cutoffs}) + validation_cutoffs ({self.validation_cutoffs}) + 1 = {needed} at least"
+            )
+        return self
 
     @field_validator("mlflow_artifact_root")
     @classmethod
