@@ -65,8 +65,14 @@ lint: venv
 	$(VENV)/bin/ruff format --check include dags plugins tests bench feature_repo
 
 # Ctrl-C sends SIGINT, which stops standalone's scheduler, api-server and workers together.
+# The admin password lives in a file only its owner reads (0600), created before Airflow would
+# create it world-readable.
+AIRFLOW_PASSWORDS := $(ROOT)/simple_auth_manager_passwords.json.generated
 airflow: setup
-	exec $(VENV)/bin/airflow standalone
+	@test -f $(AIRFLOW_PASSWORDS) || (umask 077; $(PY) -c 'import json, secrets; print(json.dumps({"admin": secrets.token_urlsafe(16)}))' > $(AIRFLOW_PASSWORDS))
+	@chmod 600 $(AIRFLOW_PASSWORDS)
+	@echo "Airflow UI: http://127.0.0.1:8080 (user admin, password in $(AIRFLOW_PASSWORDS))"
+	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$(AIRFLOW_PASSWORDS) exec $(VENV)/bin/airflow standalone
 
 # API keys come from the environment; the local default key is only for this machine.
 serve: setup

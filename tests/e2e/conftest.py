@@ -47,6 +47,7 @@ def airflow_standalone(tmp_path_factory: pytest.TempPathFactory, real_data: Path
     password = secrets.token_urlsafe(12)
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps({USERNAME: password}))
+    passwords.chmod(0o600)
     env = pipeline_env(home) | {
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),

@@ -189,6 +189,7 @@ def score_day(
             "propensity-batch",
             settings.spark.shuffle_partitions,
             settings.spark.driver_memory,
+            bind_address=settings.spark.bind_address,
         )
     log.info(
         "scoring %s with %s v%s on the snapshot of %s -> %s",

@@ -142,6 +142,8 @@ class SparkSettings(BaseModel):
     master: str = "local[*]"
     driver_memory: str = "2g"
     shuffle_partitions: int = 4
+    # Where the driver listens (RPC, blocks, UI): loopback unless executors elsewhere must reach it.
+    bind_address: str | None = "127.0.0.1"
 
 
 class ValidationSettings(BaseModel):

@@ -26,12 +26,18 @@ def spark_session(
     shuffle_partitions: int = 4,
     driver_memory: str = "2g",
     java_options: str = QUICK_JIT,
+    bind_address: str | None = "127.0.0.1",
 ) -> SparkSession:
     """A session on ``master``. Python workers run the current interpreter (the venv's),
     unless PYSPARK_PYTHON says otherwise; the session timezone is UTC so dates never shift.
 
     ``java_options`` (the driver JVM's) only apply when this call starts the JVM."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if bind_address:
+        # The driver's RPC, block manager and UI listen on this address only (loopback by default:
+        # a laptop's Spark is nobody else's business). On a cluster, set spark.bind_address to an
+        # address the executors reach. The UI reads SPARK_LOCAL_IP when the JVM starts.
+        os.environ.setdefault("SPARK_LOCAL_IP", bind_address)
     builder = (
         SparkSession.builder.master(master)
         .appName(app_name)
@@ -42,6 +48,10 @@ def spark_session(
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.python.daemon.module", PYTHON_DAEMON)
     )
+    if bind_address:
+        builder = builder.config("spark.driver.bindAddress", bind_address).config(
+            "spark.driver.host", bind_address
+        )
     if java_options:
         builder = builder.config("spark.driver.extraJavaOptions", java_options)
     return builder.getOrCreate()

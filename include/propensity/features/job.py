@@ -344,6 +344,7 @@ def compute_features(settings: Settings, as_of_dates: Sequence[dt.date]) -> list
         "propensity-features",
         settings.spark.shuffle_partitions,
         settings.spark.driver_memory,
+        bind_address=settings.spark.bind_address,
     )
     log.info(
         "features as of %s..%s (%d dates) from validated %s..%s", dates[0], dates[-1], len(dates), start, end
