@@ -40,8 +40,8 @@ PLACEHOLDERS = frozenset(
 _INTEGER_FLOAT = re.compile(r"^(\d+)\.0+$")
 _SIGNED = re.compile(r"^[+-]")
 _EXPONENT = re.compile(r"^\d+(\.\d+)?[eE][+-]?\d+$")
-# Letters and digits of any script, and the punctuation ids are written with inside them.
-_ALLOWED = re.compile(r"^[\w\-.:/@#]+$")
+# ASCII letters and digits, and the punctuation ids are written with (the API's schema says the same).
+_ALLOWED = re.compile(r"^[A-Za-z0-9_.:/@#-]+$")
 
 
 class InvalidCustomerId(ValueError):

@@ -307,6 +307,11 @@ class ServingSettings(BaseModel):
     fallback_to_inprocess: bool = False  # model server down: score in-process and flag it
     auth_required: bool = True
     api_keys_env: str = "PROPENSITY_API_KEYS"  # name of the variable holding comma-separated keys
+    # Which side endpoints need the key too. Metrics: None = open on a loopback bind only (a
+    # scraper on the same host), key required on any other bind. Docs and the OpenAPI schema: open
+    # unless set (clients and fuzzers read the contract).
+    protect_metrics: bool | None = None
+    protect_docs: bool = False
     shadow_enabled: bool = True
     prediction_log_dir: str = "predictions/log"  # under the zone root
     prediction_log_flush_rows: int = 500

@@ -42,12 +42,7 @@ from pydantic_core import to_json
 from propensity.core.storage import open_store
 from propensity.serving.backends import BackendUnavailable, InProcessBackend, ModelBackend, backend_for
 from propensity.serving.batching import Job, MicroBatcher, OffPathWorker
-from propensity.serving.contract import (
-    PREDICT_REQUEST_BODY,
-    BatchPrediction,
-    Prediction,
-    parse_predict_request,
-)
+from propensity.serving.contract import API_KEY_HEADER, BatchPrediction, Contract, ErrorBody, Prediction
 from propensity.serving.feature_source import FeatureSource, FeatureStoreUnavailable, feast_feature_source
 from propensity.serving.manifest import deployed_model, read_deployment
 from propensity.serving.request_log import LogRows, PredictionLog
@@ -57,7 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-API_KEY_HEADER = "X-API-Key"
 MAX_PENDING_BACKGROUND = (
     10_000  # batches; past this, shadow scoring is skipped rather than queued without bound
 )
@@ -168,6 +162,22 @@ def _load_models(settings: Settings) -> _Models:
     return _Models(s.model_name, champion, shadow, names)
 
 
+def _key_ok(given: str, keys: list[bytes]) -> bool:
+    """Constant-time comparison with every key (a key's length leaks nothing either)."""
+    return any(hmac.compare_digest(given.encode(), k) for k in keys)
+
+
+def _protected_paths(settings: Settings, app: FastAPI) -> set[str]:
+    s = settings.serving
+    loopback = s.host in ("127.0.0.1", "::1", "localhost")
+    paths = set()
+    if s.protect_metrics or (s.protect_metrics is None and not loopback):
+        paths.add("/metrics")
+    if s.protect_docs:
+        paths |= {p for p in (app.openapi_url, app.docs_url, app.redoc_url, "/docs/oauth2-redirect") if p}
+    return paths
+
+
 def _api_keys(settings: Settings) -> list[bytes]:
     raw = os.environ.get(settings.serving.api_keys_env, "")
     return [k.strip().encode() for k in raw.split(",") if k.strip()]
@@ -188,6 +198,7 @@ def create_app(
             f"API keys required (serving.auth_required) but ${s.api_keys_env} is empty: "
             "set it to a comma-separated list of keys"
         )
+    contract = Contract.from_settings(settings)
     metrics = Metrics()
     if backend is not None:
         # A server-side backend does not know its feature names: the deployment manifest does.
@@ -361,6 +372,17 @@ def create_app(
     app.state.metrics = metrics
     app.state.background = background
 
+    protected = _protected_paths(settings, app)
+    if s.auth_required and protected:
+
+        @app.middleware("http")
+        async def _key_for_side_endpoints(request: Request, call_next: Callable[..., Any]) -> Response:
+            # /predict never gets here: DirectRoute answers it first (and checks the key itself).
+            if request.url.path in protected and not _key_ok(request.headers.get(API_KEY_HEADER, ""), keys):
+                metrics.errors.labels("unauthorized").inc()
+                return JSONResponse({"detail": f"missing or invalid API key (header {API_KEY_HEADER})"}, 401)
+            return await call_next(request)
+
     def _invalid_response(path: str, exc: RequestValidationError) -> JSONResponse:
         metrics.errors.labels("invalid_request").inc()
         metrics.requests.labels(path.strip("/") or "root", "422").inc()
@@ -374,19 +396,18 @@ def create_app(
     async def answer_predict(raw: bytes, headers: Headers) -> Response:
         """The answer to one POST /predict: 200, or 401/404/413/422/503 with its reason."""
         if s.auth_required:
-            given = headers.get(API_KEY_HEADER, "").encode()
-            if not any(hmac.compare_digest(given, k) for k in keys):
+            if not _key_ok(headers.get(API_KEY_HEADER, ""), keys):
                 metrics.errors.labels("unauthorized").inc()
                 metrics.requests.labels("predict", "401").inc()
                 return JSONResponse({"detail": f"missing or invalid API key (header {API_KEY_HEADER})"}, 401)
         try:
-            body = parse_predict_request(raw, headers.get("content-type"))
+            body = contract.parse(raw, headers.get("content-type"))
         except RequestValidationError as exc:
             return _invalid_response("/predict", exc)
         t0 = time.perf_counter()
         status = "200"
         try:
-            ids = [body.customer_id] if body.customer_id is not None else list(body.customer_ids or [])
+            ids = body.ids
             if len(ids) > s.max_batch:
                 metrics.errors.labels("batch_too_large").inc()
                 raise HTTPException(
@@ -395,7 +416,7 @@ def create_app(
             if models.champion is None:
                 metrics.errors.labels("no_model").inc()
                 raise HTTPException(503, models.problem or "no model")
-            outcome = await batcher.submit(Job(ids, body.customer_id is not None, t0))
+            outcome = await batcher.submit(Job(ids, body.single, t0))
             if isinstance(outcome, HTTPException):
                 raise outcome
             return outcome
@@ -412,8 +433,14 @@ def create_app(
     @app.post(
         "/predict",
         response_model=Prediction | BatchPrediction,
-        responses={401: {}, 404: {}, 413: {}, 422: {}, 503: {}},
-        openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
+        responses={
+            401: {"model": ErrorBody, "description": f"missing or invalid API key ({API_KEY_HEADER})"},
+            404: {"model": ErrorBody, "description": "unknown customer (serving.unknown_customer = 404)"},
+            413: {"model": ErrorBody, "description": f"more than {s.max_batch} customer ids"},
+            422: {"model": ErrorBody, "description": "not a valid request: what is wrong and where"},
+            503: {"model": ErrorBody, "description": "the online store or the model server is down"},
+        },
+        openapi_extra={"requestBody": contract.request_body()},
     )
     async def predict(request: Request) -> Response:
         """Score one customer (``customer_id``) or a batch (``customer_ids``)."""

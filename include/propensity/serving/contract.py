@@ -1,33 +1,35 @@
-"""The API's contract: request and response bodies, and how a raw body is parsed into a request."""
+"""The API's contract: request and response bodies, exactly as OpenAPI documents them, and how a raw
+body becomes the list of canonical customer ids to score.
+
+The request schema is what the API enforces: one customer (``customer_id``) OR a batch
+(``customer_ids``), never both (``oneOf``, no other property), ids of at most
+``source.max_id_length`` characters written with the characters ids are written with, at most
+``serving.max_batch`` ids per batch (more: 413). An id the schema admits can still be refused by
+the one id rule (:mod:`propensity.core.ids`: placeholders, signs, exponent forms) with a 422 that
+says why; ``"12347.0"`` is customer ``"12347"``, as at ingest.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
+from propensity.core.ids import InvalidCustomerId, canonical_customer_id
 
-class PredictRequest(BaseModel):
-    """One customer (``customer_id``) or a batch (``customer_ids``), not both."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    customer_id: StrictStr | None = Field(default=None, min_length=1, max_length=64, examples=["17850"])
-    customer_ids: list[StrictStr] | None = Field(default=None, min_length=1, examples=[["17850", "13047"]])
-
-    @model_validator(mode="after")
-    def _one_of(self) -> PredictRequest:
-        if (self.customer_id is None) == (self.customer_ids is None):
-            raise ValueError("give exactly one of customer_id (a string) or customer_ids (a list of strings)")
-        return self
+# The characters ids are written with (propensity.core.ids, ASCII): as a JSON-schema pattern.
+ID_PATTERN = r"^[A-Za-z0-9_.:/@#-]+$"
+API_KEY_HEADER = "X-API-Key"
 
 
 class Prediction(BaseModel):
     customer_id: str
-    score: float = Field(description="probability of a purchase in the next 30 days")
+    score: float = Field(ge=0.0, le=1.0, description="probability of a purchase within the label horizon")
     model_name: str
-    model_version: str
+    model_version: str = Field(description="the model version that computed this score")
     feature_timestamp: dt.datetime | None = Field(description="when the customer's features were computed")
     cold_start: bool = Field(default=False, description="unknown customer: scored on empty features")
     fallback: bool = Field(default=False, description="scored in-process: the model server was down")
@@ -37,28 +39,111 @@ class BatchPrediction(BaseModel):
     predictions: list[Prediction]
 
 
-# The body /predict documents (it parses it itself, see parse_predict_request).
-PREDICT_REQUEST_BODY = {
-    "required": True,
-    "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
-}
+class ErrorBody(BaseModel):
+    """What every 4xx/5xx answers: a message (or, for 422, the list of what is wrong and where)."""
+
+    detail: str | list[dict[str, Any]]
 
 
-def parse_predict_request(raw: bytes, content_type: str | None) -> PredictRequest:
-    """The body as ``PredictRequest``, or a RequestValidationError shaped as FastAPI's (loc starts with "body")."""
-    if not raw:
-        raise RequestValidationError(
-            [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
-        )
-    if not _is_json(content_type):
-        msg = f"expected a JSON object with content-type application/json, got {content_type or 'none'}"
-        raise RequestValidationError([{"type": "model_type", "loc": ("body",), "msg": msg, "input": None}])
-    try:
-        return PredictRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        ) from None
+@dataclass(frozen=True)
+class Request:
+    """A parsed /predict body: canonical ids, and whether the answer is one Prediction."""
+
+    ids: list[str]
+    single: bool
+
+
+@dataclass(frozen=True)
+class Contract:
+    """The /predict contract for one app's limits."""
+
+    max_batch: int
+    max_id_length: int
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Contract:
+        return cls(settings.serving.max_batch, settings.source.max_id_length)
+
+    # -- OpenAPI ---------------------------------------------------------------------------
+    def id_schema(self) -> dict[str, Any]:
+        return {"type": "string", "minLength": 1, "maxLength": self.max_id_length, "pattern": ID_PATTERN}
+
+    def request_schema(self) -> dict[str, Any]:
+        one = {
+            "title": "One customer",
+            "type": "object",
+            "properties": {"customer_id": self.id_schema()},
+            "required": ["customer_id"],
+            "additionalProperties": False,
+        }
+        batch = {
+            "title": "A batch of customers",
+            "type": "object",
+            "properties": {
+                "customer_ids": {
+                    "type": "array",
+                    "items": self.id_schema(),
+                    "minItems": 1,
+                    "maxItems": self.max_batch,
+                }
+            },
+            "required": ["customer_ids"],
+            "additionalProperties": False,
+        }
+        return {"oneOf": [one, batch]}
+
+    def request_body(self) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": self.request_schema()}}}
+
+    # -- parsing ---------------------------------------------------------------------------
+    def parse(self, raw: bytes, content_type: str | None) -> Request:
+        """The body's canonical ids, or a RequestValidationError shaped as FastAPI's (loc starts with
+        "body") naming what is wrong and where. A batch over ``max_batch`` parses: the caller answers
+        413 for it."""
+        if not raw:
+            raise _invalid("missing", ("body",), "Field required")
+        if not _is_json(content_type):
+            msg = f"expected a JSON object with content-type application/json, got {_short(content_type)}"
+            raise _invalid("model_type", ("body",), msg)
+        try:
+            body = _Body.model_validate_json(raw)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"]), "input": None} for e in exc.errors(include_url=False)]
+            ) from None
+        if (body.customer_id is None) == (body.customer_ids is None):
+            raise _invalid("value_error", ("body",), "give exactly one of customer_id or customer_ids")
+        single = body.customer_id is not None
+        given = [body.customer_id] if single else list(body.customer_ids or [])
+        if not given:
+            raise _invalid("too_short", ("body", "customer_ids"), "give at least one customer id")
+        ids = []
+        for i, value in enumerate(given):
+            loc = ("body", "customer_id") if single else ("body", "customer_ids", i)
+            try:
+                ids.append(canonical_customer_id(value, self.max_id_length))
+            except InvalidCustomerId as exc:
+                raise _invalid("value_error", loc, f"not a customer id: {exc}") from None
+        return Request(ids, single)
+
+
+class _Body(BaseModel):
+    """The body's shape (the id rule and the limits are applied after, with their own messages)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: StrictStr | None = None
+    customer_ids: list[StrictStr] | None = None
+
+
+def _invalid(kind: str, loc: tuple[Any, ...], msg: str) -> RequestValidationError:
+    return RequestValidationError([{"type": kind, "loc": loc, "msg": msg, "input": None}])
+
+
+def _short(value: str | None, limit: int = 60) -> str:
+    if value is None:
+        return "none"
+    return value if len(value) <= limit else value[: limit - 3] + "..."
 
 
 def _is_json(content_type: str | None) -> bool:

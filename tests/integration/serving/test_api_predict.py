@@ -88,12 +88,26 @@ def test_bad_input_gets_a_clear_4xx(env):
         assert r.status_code == 422 and "exactly one of customer_id" in r.json()["detail"][0]["msg"]
         r = post(client, {})
         assert r.status_code == 422
+        r = post(client, {"customer_id": "null"})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "customer_id"]
+        assert "is a placeholder for a missing value" in r.json()["detail"][0]["msg"]
+        r = post(client, {"customer_ids": ["17850", "x" * 10_000]})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "customer_ids", 1]
+        assert "at most 64" in r.json()["detail"][0]["msg"] and len(r.text) < 400  # never echoed whole
         r = post(client, {"customer_ids": [str(i) for i in range(101)]})
         assert r.status_code == 413
         assert r.json()["detail"] == "batch of 101 customer ids exceeds the limit of 100"
         metrics = client.get("/metrics").text
-        assert 'propensity_api_errors_total{kind="invalid_request"} 5.0' in metrics
+        assert 'propensity_api_errors_total{kind="invalid_request"} 7.0' in metrics
         assert 'propensity_api_errors_total{kind="batch_too_large"} 1.0' in metrics
+
+
+def test_an_integer_id_written_as_a_float_is_the_same_customer_as_at_ingest(env):
+    settings, champion, source = env
+    with TestClient(create_app(settings, feature_source=source)) as client:
+        r = post(client, {"customer_id": "17850.0"})
+        assert r.status_code == 200 and r.json()["customer_id"] == "17850"
+        assert r.json()["score"] == pytest.approx(expected(champion, ["17850"])[0], abs=1e-7)
 
 
 def test_api_key_is_required(env, monkeypatch):
@@ -107,7 +121,11 @@ def test_api_key_is_required(env, monkeypatch):
         assert client.get("/healthz").json() == {"status": "alive"}
         predict = client.get("/openapi.json").json()["paths"]["/predict"]["post"]
         body = predict["requestBody"]["content"]["application/json"]["schema"]
-        assert set(body["properties"]) == {"customer_id", "customer_ids"}
+        one, batch = body["oneOf"]  # exactly one of the two shapes, nothing else
+        assert (one["required"], one["additionalProperties"]) == (["customer_id"], False)
+        assert (batch["required"], batch["additionalProperties"]) == (["customer_ids"], False)
+        assert batch["properties"]["customer_ids"]["maxItems"] == 100
+        assert one["properties"]["customer_id"]["maxLength"] == 64
         assert set(predict["responses"]) >= {"200", "401", "404", "413", "422", "503"}
     monkeypatch.delenv("PROPENSITY_API_KEYS")
     with pytest.raises(RuntimeError, match=r"\$PROPENSITY_API_KEYS is empty"):
@@ -176,3 +194,18 @@ def test_no_champion_deployed_is_not_ready(make_settings, tmp_path, monkeypatch)
         r = client.get("/readyz")
         assert r.status_code == 503 and "no champion deployed" in r.json()["reasons"][0]
         assert post(client, {"customer_id": "17850"}).status_code == 503
+
+
+def test_side_endpoints_need_the_key_where_configured(env, make_settings, tmp_path):
+    settings, _, source = env
+    with TestClient(create_app(settings, feature_source=source)) as client:  # loopback bind: open
+        assert client.get("/metrics").status_code == 200
+        assert client.get("/openapi.json").status_code == 200
+    exposed = make_settings(
+        serving={"repository": str(tmp_path / "models"), "host": "0.0.0.0", "protect_docs": True}
+    )
+    with TestClient(create_app(exposed, feature_source=source)) as client:
+        for path in ("/metrics", "/openapi.json", "/docs"):
+            assert client.get(path).status_code == 401, path
+            assert client.get(path, headers={"X-API-Key": KEY}).status_code == 200, path
+        assert client.get("/healthz").status_code == 200  # probes stay open
