@@ -291,6 +291,11 @@ class ServingSettings(BaseModel):
     # Which KServe V2 server answers: the real Triton FIL backend, or MLServer (tests only).
     server_flavor: Literal["triton", "mlserver"] = "triton"
     request_timeout_s: float = 1.0
+    # The online store, as the API reads it: each read gives up after this (connect and read), and
+    # after breaker_failures failed lookups in a row the API answers 503 at once for breaker_reset_s.
+    feature_timeout_s: float = 0.05
+    breaker_failures: int = 3
+    breaker_reset_s: float = 1.0
     ready_timeout_s: float = 60.0
     # Triton config (models/config.pbtxt.tmpl)
     max_batch_size: int = 32768
@@ -317,10 +322,8 @@ class ServingSettings(BaseModel):
     prediction_log_flush_rows: int = 500
     prediction_log_flush_s: float = 5.0
     # Feast repo and the FeatureService the champion was trained on (the API reads through it).
-    feature_repo: str = "feature_repo"
-    feature_service: str = "propensity_v1"
 
-    @field_validator("repository", "feature_repo")
+    @field_validator("repository")
     @classmethod
     def _absolute_repository(cls, v: str) -> str:
         return resolve_path(v)

@@ -35,6 +35,7 @@ DEMO_REPORTS = ("reports",)
 REFERENCE_DIR = "reference"  # drift references: <model>/v<N>/
 DRIFT_WINDOW_DIR = "drift/window"  # what one drift check read, staged for the drift venv
 ALERTS_DIR = "alerts"
+ONLINE_MARKERS = ("online", "markers")  # which snapshot the online store holds (readiness)
 
 
 def zone_store(settings: Settings) -> Store:

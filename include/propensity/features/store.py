@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from propensity.core.settings import Settings, get_settings, project_home, resolve_path
 from propensity.core.timeutil import utc_midnight
 from propensity.core.zones import SNAPSHOTS
-from propensity.features.spec import FEATURE_SERVICE, FEATURE_VIEW, MODEL_FEATURES
+from propensity.features.spec import ENTITY_KEY, FEATURE_SERVICE, FEATURE_VIEW, MODEL_FEATURES
 
 if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
@@ -67,18 +67,36 @@ def offline_source_location(settings: Settings) -> SourceLocation:
     return SourceLocation(path, endpoint)
 
 
-def repo_config(settings: Settings, *, engine: Engine = "fast") -> RepoConfig:
-    """Feast's configuration for this profile (what ``feature_store.yaml`` holds for the CLI)."""
+def repo_config(settings: Settings, *, engine: Engine = "fast", serving: bool = False) -> RepoConfig:
+    """Feast's configuration for this profile (what ``feature_store.yaml`` holds for the CLI).
+
+    ``serving=True``: the online store's client gives up within ``serving.feature_timeout_s`` and
+    never retries (redis-py's default retries three times with seconds of backoff: a down store
+    would hold every request far past the SLA). Materialization keeps the plain connection."""
     from feast import RepoConfig
 
-    return RepoConfig(**_config_dict(settings, engine=engine), repo_path=feature_repo_dir())
+    return RepoConfig(**_config_dict(settings, engine=engine, serving=serving), repo_path=feature_repo_dir())
 
 
-def _config_dict(settings: Settings, *, engine: Engine = "fast") -> dict[str, Any]:
+def serving_connection(connection: str, timeout_s: float) -> str:
+    """A Redis connection string with bounded timeouts and no retries, unless it sets its own."""
+    given = {part.split("=", 1)[0] for part in connection.split(",") if "=" in part}
+    extra = {
+        "socket_timeout": f"{timeout_s:g}",
+        "socket_connect_timeout": f"{timeout_s:g}",
+        "retry": "null",  # redis-py: no retry object and no retry_on_error: fail at once
+    }
+    return ",".join([connection, *(f"{k}={v}" for k, v in extra.items() if k not in given)])
+
+
+def _config_dict(settings: Settings, *, engine: Engine = "fast", serving: bool = False) -> dict[str, Any]:
     cfg = settings.features
     online: dict[str, Any]
     if cfg.online_store == "redis":
-        online = {"type": "redis", "connection_string": cfg.redis_connection}
+        connection = cfg.redis_connection
+        if serving:
+            connection = serving_connection(connection, settings.serving.feature_timeout_s)
+        online = {"type": "redis", "connection_string": connection}
     else:
         online = {"type": "sqlite", "path": resolve_path(cfg.sqlite_path)}
     return {
@@ -136,7 +154,9 @@ def definitions(settings: Settings) -> list[Any]:
     return objects
 
 
-def feature_store(settings: Settings, *, apply: bool = False, engine: Engine = "fast") -> FeatureStore:
+def feature_store(
+    settings: Settings, *, apply: bool = False, engine: Engine = "fast", serving: bool = False
+) -> FeatureStore:
     """A FeatureStore for ``settings``; ``apply=True`` registers the definitions first (idempotent).
 
     ``engine="stock"``: Feast's own materialization, for comparisons.
@@ -148,7 +168,7 @@ def feature_store(settings: Settings, *, apply: bool = False, engine: Engine = "
     registry = resolve_path(settings.features.registry)
     if "://" not in registry:
         os.makedirs(os.path.dirname(registry), exist_ok=True)
-    store = FeatureStore(config=repo_config(settings, engine=engine))
+    store = FeatureStore(config=repo_config(settings, engine=engine, serving=serving))
     if apply:
         store.apply(definitions(settings))
     return store
@@ -194,7 +214,38 @@ def materialize_dates(
     dates = sorted(set(as_of_dates))
     if not dates:
         raise ValueError("materialize_dates needs at least one date")
-    return materialize(settings, utc_midnight(dates[0]), utc_midnight(dates[-1]), engine=engine)
+    result = materialize(settings, utc_midnight(dates[0]), utc_midnight(dates[-1]), engine=engine)
+    result["marker"] = write_online_marker(settings, dates[-1])
+    return result
+
+
+MARKER_CUSTOMERS = 8  # customers of the snapshot a readiness probe looks up
+
+
+def write_online_marker(settings: Settings, as_of: dt.date) -> dict[str, Any]:
+    """Record which snapshot the online store now holds, and a few of its customers.
+
+    The API's readiness probe looks these customers up: none found means the store lost its
+    contents (a Redis restarted empty), which it answers with 503 and this cause instead of a
+    404 "unknown customer" for everyone.
+    """
+    from propensity.core.storage import read_partition
+    from propensity.core.zones import ONLINE_MARKERS, SNAPSHOTS, zone_store
+
+    store = zone_store(settings)
+    ids = read_partition(store, *SNAPSHOTS, as_of).column(ENTITY_KEY).slice(0, MARKER_CUSTOMERS).to_pylist()
+    marker = {"as_of": as_of.isoformat(), "customers": ids, "online_store": settings.features.online_store}
+    store.write_json(marker, *ONLINE_MARKERS, f"{settings.features.feast_project}.json")
+    return marker
+
+
+def read_online_marker(settings: Settings) -> dict[str, Any] | None:
+    """The last materialization's marker (None before the first one)."""
+    from propensity.core.zones import ONLINE_MARKERS, zone_store
+
+    store = zone_store(settings)
+    name = f"{settings.features.feast_project}.json"
+    return store.read_json(*ONLINE_MARKERS, name) if store.exists(*ONLINE_MARKERS, name) else None
 
 
 # -- online lookups -----------------------------------------------------------------------

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
-import hmac
 import logging
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -31,21 +29,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
     generate_latest,
 )
 from pydantic_core import to_json
 
 from propensity.core.storage import open_store
+from propensity.serving.api_metrics import Metrics
+from propensity.serving.auth import api_keys, key_ok, protected_paths
 from propensity.serving.backends import BackendUnavailable, InProcessBackend, ModelBackend, backend_for
 from propensity.serving.batching import Job, MicroBatcher, OffPathWorker
+from propensity.serving.breaker import CircuitOpen
 from propensity.serving.contract import API_KEY_HEADER, BatchPrediction, Contract, ErrorBody, Prediction
 from propensity.serving.feature_source import FeatureSource, FeatureStoreUnavailable, feast_feature_source
 from propensity.serving.manifest import deployed_model, read_deployment
 from propensity.serving.request_log import LogRows, PredictionLog
+from propensity.serving.store_guard import StoreGuard
 
 if TYPE_CHECKING:
     from propensity.core.settings import Settings
@@ -60,45 +58,6 @@ MAX_ROWS_PER_LOOKUP = 256  # customers per merged lookup (a single request may s
 
 
 # -- metrics ------------------------------------------------------------------------------
-class Metrics:
-    """Prometheus metrics in a registry of the app's own (several apps may live in one process)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "propensity_api_requests", "Requests by endpoint and status", ["endpoint", "status"], registry=r
-        )
-        self.latency = Histogram(
-            "propensity_api_request_seconds",
-            "Request latency inside the app",
-            ["endpoint"],
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-            registry=r,
-        )
-        self.stage = Histogram(
-            "propensity_api_stage_seconds",
-            "Time per stage of one lookup (a batch of concurrent requests)",
-            ["stage"],
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1),
-            registry=r,
-        )
-        self.errors = Counter("propensity_api_errors", "Errors by kind", ["kind"], registry=r)
-        self.model = Gauge(
-            "propensity_model_info", "Served model versions (value 1)", ["role", "version"], registry=r
-        )
-        self.shadow = Counter("propensity_shadow_scores", "Shadow scoring outcomes", ["outcome"], registry=r)
-        self.logged = Counter(
-            "propensity_prediction_log_rows", "Rows handed to the prediction log", registry=r
-        )
-        self.batch = Histogram(
-            "propensity_api_batch_requests",
-            "Requests served by one feature lookup and model call",
-            buckets=(1, 2, 4, 8, 16, 32, 64),
-            registry=r,
-        )
-
-
 # -- the fast path ------------------------------------------------------------------------
 class DirectRoute:
     """ASGI middleware: one method and path answered by ``answer(body, headers)`` directly.
@@ -162,25 +121,10 @@ def _load_models(settings: Settings) -> _Models:
     return _Models(s.model_name, champion, shadow, names)
 
 
-def _key_ok(given: str, keys: list[bytes]) -> bool:
-    """Constant-time comparison with every key (a key's length leaks nothing either)."""
-    return any(hmac.compare_digest(given.encode(), k) for k in keys)
+def _online_marker(settings: Settings) -> dict[str, Any] | None:
+    from propensity.features.store import read_online_marker
 
-
-def _protected_paths(settings: Settings, app: FastAPI) -> set[str]:
-    s = settings.serving
-    loopback = s.host in ("127.0.0.1", "::1", "localhost")
-    paths = set()
-    if s.protect_metrics or (s.protect_metrics is None and not loopback):
-        paths.add("/metrics")
-    if s.protect_docs:
-        paths |= {p for p in (app.openapi_url, app.docs_url, app.redoc_url, "/docs/oauth2-redirect") if p}
-    return paths
-
-
-def _api_keys(settings: Settings) -> list[bytes]:
-    raw = os.environ.get(settings.serving.api_keys_env, "")
-    return [k.strip().encode() for k in raw.split(",") if k.strip()]
+    return read_online_marker(settings)
 
 
 def create_app(
@@ -192,7 +136,7 @@ def create_app(
 ) -> FastAPI:
     """The prediction API. Defaults: Feast features, the deployed champion (and shadow) backends."""
     s = settings.serving
-    keys = _api_keys(settings)
+    keys = api_keys(settings)
     if s.auth_required and not keys:
         raise RuntimeError(
             f"API keys required (serving.auth_required) but ${s.api_keys_env} is empty: "
@@ -217,6 +161,12 @@ def create_app(
     else:
         order = np.arange(len(source.feature_names))
     served_names = [source.feature_names[i] for i in order]
+    guard = StoreGuard(
+        source,
+        failures=s.breaker_failures,
+        reset_s=s.breaker_reset_s,
+        marker=lambda: _online_marker(settings),
+    )
     zone = open_store(
         settings.zone_root, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
     )
@@ -272,10 +222,15 @@ def create_app(
         t0 = time.perf_counter()
         ids = [cid for job in jobs for cid in job.ids]
         try:
-            rows = source.get(ids)
+            rows = guard.get(ids)
+            # Nobody found: unknown customers, or a store that lost its contents (then 503, not 404s).
+            empty = guard.empty_reason() if ids and not rows.found.any() else None
         except FeatureStoreUnavailable as exc:
             metrics.errors.labels("feature_store_down").inc(len(jobs))
             return [HTTPException(503, str(exc)) for _ in jobs]
+        if empty:
+            metrics.errors.labels("feature_store_empty").inc(len(jobs))
+            return [HTTPException(503, empty) for _ in jobs]
         t1 = time.perf_counter()
         x = np.ascontiguousarray(rows.values[:, order])
         try:
@@ -372,13 +327,13 @@ def create_app(
     app.state.metrics = metrics
     app.state.background = background
 
-    protected = _protected_paths(settings, app)
+    protected = protected_paths(settings, app)
     if s.auth_required and protected:
 
         @app.middleware("http")
         async def _key_for_side_endpoints(request: Request, call_next: Callable[..., Any]) -> Response:
             # /predict never gets here: DirectRoute answers it first (and checks the key itself).
-            if request.url.path in protected and not _key_ok(request.headers.get(API_KEY_HEADER, ""), keys):
+            if request.url.path in protected and not key_ok(request.headers.get(API_KEY_HEADER, ""), keys):
                 metrics.errors.labels("unauthorized").inc()
                 return JSONResponse({"detail": f"missing or invalid API key (header {API_KEY_HEADER})"}, 401)
             return await call_next(request)
@@ -396,7 +351,7 @@ def create_app(
     async def answer_predict(raw: bytes, headers: Headers) -> Response:
         """The answer to one POST /predict: 200, or 401/404/413/422/503 with its reason."""
         if s.auth_required:
-            if not _key_ok(headers.get(API_KEY_HEADER, ""), keys):
+            if not key_ok(headers.get(API_KEY_HEADER, ""), keys):
                 metrics.errors.labels("unauthorized").inc()
                 metrics.requests.labels("predict", "401").inc()
                 return JSONResponse({"detail": f"missing or invalid API key (header {API_KEY_HEADER})"}, 401)
@@ -466,11 +421,16 @@ def create_app(
         elif not models.champion.ready():
             reasons.append(f"model {models.name} v{models.champion.version} not ready on its backend")
         try:
-            source.check()
-        except FeatureStoreUnavailable as exc:
+            guard.check()
+            empty = guard.empty_reason()
+            if empty:
+                reasons.append(empty)
+        except (FeatureStoreUnavailable, CircuitOpen) as exc:
             reasons.append(str(exc))
+        marker = guard.marker()
         body = {
             "status": "not ready" if reasons else "ready",
+            "online_snapshot": marker.get("as_of") if marker else None,
             "model_version": models.champion.version if models.champion else None,
             "shadow_version": models.shadow.version if models.shadow else None,
             "reasons": reasons,

@@ -159,18 +159,8 @@ _SCALARS = frozenset({"int32_val", "int64_val", "float_val", "double_val", "bool
 
 
 def feast_feature_source(settings: Settings) -> FeastFeatureSource:
-    """The Feast store and the FeatureService the model was trained on.
+    """The Feast store (with the serving timeouts) and the FeatureService the model was trained on."""
+    from propensity.features.spec import FEATURE_SERVICE
+    from propensity.features.store import feature_store
 
-    Uses ``propensity.features.store`` (issue 4: the same store and service name as training)
-    when it is installed; otherwise the Feast repo at ``serving.feature_repo``.
-    """
-    try:
-        from propensity.features.spec import FEATURE_SERVICE
-        from propensity.features.store import feature_store
-    except ImportError:
-        from feast import FeatureStore
-
-        return FeastFeatureSource(
-            FeatureStore(repo_path=settings.serving.feature_repo), settings.serving.feature_service
-        )
-    return FeastFeatureSource(feature_store(settings), FEATURE_SERVICE)
+    return FeastFeatureSource(feature_store(settings, serving=True), FEATURE_SERVICE)
