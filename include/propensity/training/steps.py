@@ -341,6 +341,9 @@ def deploy_shadow(settings: Settings, as_of: dt.date, version: str) -> dict[str,
 
     registry = Registry(settings)
     state = read_deployment(settings)
+    if not state.get("champion"):
+        # A shadow is scored beside a champion; the first model's shadow test runs on a snapshot.
+        return {"deployed": False, "shadow": None, "detail": "no champion deployed to shadow beside"}
     if str((state.get("champion") or {}).get("version")) == str(version):
         return {"deployed": False, "shadow": None, "detail": f"v{version} is already the champion"}
     if str((state.get("shadow") or {}).get("version")) == str(version):

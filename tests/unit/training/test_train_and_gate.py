@@ -241,18 +241,27 @@ def test_deploy_serves_the_champion_once_and_a_rollback_redeploys_the_previous_o
     from propensity.serving.manifest import read_deployment
     from propensity.training.steps import deploy_champion, rollback_champion
 
+    from propensity.training.steps import deploy_shadow, retire_challenger_shadow
+
     v1, v2 = register_all(registry_settings, logged_runs, 2)
     registry = Registry(registry_settings)
-    registry.promote(v1, expected_champion=None, report={}, reason="first", logical_date="2011-06-30")
     day = dt.date(2011, 6, 30)
+    # The first model has no champion to be shadowed beside: nothing to deploy, nothing to retire.
+    assert deploy_shadow(registry_settings, day, v1)["detail"] == "no champion deployed to shadow beside"
+    assert retire_challenger_shadow(registry_settings, v1)["status"] == "noop"
+    registry.promote(v1, expected_champion=None, report={}, reason="first", logical_date="2011-06-30")
     assert deploy_champion(registry_settings, day)["deployed"] is True
     # Already serving: nothing is written again (the manifest keeps one deploy in its history).
     again = deploy_champion(registry_settings, day)
     assert again == {"deployed": False, "detail": f"v{v1} already serving", "champion": v1}
     assert [e["version"] for e in read_deployment(registry_settings)["history"]] == [v1]
 
+    # The next challenger is shadowed beside the champion, then promoted: it leaves the shadow role.
+    assert deploy_shadow(registry_settings, day, v2)["shadow"] == v2
+    assert read_deployment(registry_settings)["shadow"]["version"] == v2
     registry.promote(v2, expected_champion=v1, report={}, reason="better", logical_date="2011-07-07")
     assert deploy_champion(registry_settings, dt.date(2011, 7, 7))["champion"] == v2
+    assert read_deployment(registry_settings)["shadow"] is None
     # One rollback mechanism: the registry moves the alias back, the deploy step serves it.
     rollback_champion(registry_settings, dt.date(2011, 7, 8), reason="bad live metrics")
     assert deploy_champion(registry_settings, dt.date(2011, 7, 8))["champion"] == v1
