@@ -98,7 +98,11 @@ def _config_dict(settings: Settings, *, engine: Engine = "fast", serving: bool =
             connection = serving_connection(connection, settings.serving.feature_timeout_s)
         online = {"type": "redis", "connection_string": connection}
     else:
-        online = {"type": "sqlite", "path": resolve_path(cfg.sqlite_path)}
+        # Feast's SQLite store, except that a row never overwrites a newer one (as in Redis).
+        online = {
+            "type": "propensity.features.sqlite_store.NewerOnlySqliteOnlineStore",
+            "path": resolve_path(cfg.sqlite_path),
+        }
     return {
         "project": cfg.feast_project,
         "provider": "local",
@@ -233,7 +237,11 @@ def write_online_marker(settings: Settings, as_of: dt.date) -> dict[str, Any]:
     from propensity.core.zones import ONLINE_MARKERS, SNAPSHOTS, zone_store
 
     store = zone_store(settings)
-    ids = read_partition(store, *SNAPSHOTS, as_of).column(ENTITY_KEY).slice(0, MARKER_CUSTOMERS).to_pylist()
+    try:
+        snapshot = read_partition(store, *SNAPSHOTS, as_of)
+    except FileNotFoundError:  # no snapshot for the date: nothing loaded, nothing to probe
+        snapshot = None
+    ids = [] if snapshot is None else snapshot.column(ENTITY_KEY).slice(0, MARKER_CUSTOMERS).to_pylist()
     marker = {"as_of": as_of.isoformat(), "customers": ids, "online_store": settings.features.online_store}
     store.write_json(marker, *ONLINE_MARKERS, f"{settings.features.feast_project}.json")
     return marker
