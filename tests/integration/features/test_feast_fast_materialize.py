@@ -405,7 +405,7 @@ def test_a_date_without_rows_records_the_path_that_ran(pair, redis_client, zone_
     lite = settings_for(zone_root, tmp_path, f"lite_{uuid.uuid4().hex[:8]}", online_store="sqlite")
     with caplog.at_level(logging.INFO, logger="propensity.features.feast_redis"):
         assert materialize_dates(lite, [empty])["write_path"] == "feast"
-    assert "Feast's stock path, 0 rows (online store SqliteOnlineStore)" in caplog.text
+    assert "Feast's stock path, 0 rows (online store NewerOnlySqliteOnlineStore)" in caplog.text
 
 
 def test_unhandled_column_type_takes_the_stock_path(pair):

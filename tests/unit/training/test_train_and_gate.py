@@ -239,9 +239,12 @@ def test_deploy_serves_the_champion_once_and_a_rollback_redeploys_the_previous_o
     from propensity.serving.backends import InProcessBackend
     from propensity.serving.deploy import parity_sample
     from propensity.serving.manifest import read_deployment
-    from propensity.training.steps import deploy_champion, rollback_champion
-
-    from propensity.training.steps import deploy_shadow, retire_challenger_shadow
+    from propensity.training.steps import (
+        deploy_champion,
+        deploy_shadow,
+        retire_challenger_shadow,
+        rollback_champion,
+    )
 
     v1, v2 = register_all(registry_settings, logged_runs, 2)
     registry = Registry(registry_settings)
