@@ -33,21 +33,26 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from feast.infra.common.materialization_job import MaterializationJobStatus, MaterializationTask
+from feast.infra.common.materialization_job import (
+    MaterializationJob,
+    MaterializationJobStatus,
+    MaterializationTask,
+)
+from feast.infra.compute_engines.backends.factory import BackendFactory
 from feast.infra.compute_engines.dag.context import ExecutionContext
 from feast.infra.compute_engines.local.arrow_table_value import ArrowTableValue
 from feast.infra.compute_engines.local.compute import LocalComputeEngine
 from feast.infra.compute_engines.local.feature_builder import LocalFeatureBuilder
 from feast.infra.compute_engines.local.job import LocalMaterializationJob
 from feast.infra.compute_engines.local.nodes import LocalOutputNode
-from feast.infra.online_stores.helpers import _mmh3
-from feast.infra.online_stores.redis import RedisOnlineStore, RedisType, _versioned_fv_name
+from feast.infra.online_stores.redis import RedisOnlineStore, RedisType
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import Field, StrictStr
 
+from propensity.features.feast_compat import engine_hook_problem, field_hash, redis_client, redis_view_name
 from propensity.features.redis_encoding import (
     FastPathUnsupported,
     bulk,
@@ -95,15 +100,35 @@ class ArrowRedisEngine(LocalComputeEngine):
         self.block_rows = config.block_rows
         self.paths: dict[str, WritePath] = {}
         self.written: dict[str, int] = {}  # rows the Arrow path wrote (not kept back as stale)
+        self.dataframe_backend = BackendFactory.from_name(config.backend) if config.backend else None
+        problem = engine_hook_problem()
+        self.hooked = problem is None
+        if problem is not None:
+            log.warning(
+                "ArrowRedisEngine: Feast's local engine unchanged, its plan changed shape (%s)", problem
+            )
 
-    def _materialize_one(
-        self, registry: BaseRegistry, task: MaterializationTask, **kwargs: Any
-    ) -> LocalMaterializationJob:
+    def materialize(
+        self, registry: BaseRegistry, tasks: MaterializationTask | list[MaterializationTask], **kwargs: Any
+    ) -> list[MaterializationJob]:
+        """What providers call: each task through Feast's local plan with the Arrow output node."""
+        tasks = [tasks] if isinstance(tasks, MaterializationTask) else list(tasks)
+        if not self.hooked:
+            for task in tasks:
+                self.paths[task.feature_view.name] = "feast"
+                self.written.pop(task.feature_view.name, None)
+            return super().materialize(registry, tasks, **kwargs)
+        return [self._materialize_task(registry, task) for task in tasks]
+
+    def _materialize_task(self, registry: BaseRegistry, task: MaterializationTask) -> LocalMaterializationJob:
         job_id = f"{task.feature_view.name}-{task.start_time}-{task.end_time}"
         try:
             context = self.get_execution_context(registry, task)
-            builder = _FeatureBuilder(registry, task, self._get_backend(context), self)
-            builder.build().execute(context)
+            # As Feast's local engine: the configured backend, else the one the entity frame implies.
+            backend = self.dataframe_backend or BackendFactory.infer_from_entity_df(context.entity_df)
+            if backend is None:
+                raise ValueError("Could not infer backend from context.entity_df")
+            _FeatureBuilder(registry, task, backend, self).build().execute(context)
             return LocalMaterializationJob(job_id=job_id, status=MaterializationJobStatus.SUCCEEDED)
         except Exception as e:  # as Feast's local engine: the provider re-raises a failed job's error
             return LocalMaterializationJob(job_id=job_id, status=MaterializationJobStatus.ERROR, error=e)
@@ -148,9 +173,11 @@ class ArrowRedisOutputNode(LocalOutputNode):
             return super().execute(context)
         written = 0
         if table.num_rows:
-            written = plan.write(
-                context.online_store._get_client(context.repo_config.online_store), self.engine.block_rows
-            )
+            client = redis_client(context.repo_config.online_store)
+            try:
+                written = plan.write(client, self.engine.block_rows)
+            finally:
+                client.close()
         log.info(
             "materialize %s: Arrow->Redis path, %d rows: %d written, %d kept (stored row as new or newer)",
             view.name,
@@ -244,7 +271,7 @@ class RedisWritePlan:
             check_entity_keys(join_key, key_type, table.column(join_key))
         micros = event_micros(table.column(ts_column)) if checked else np.zeros(0, dtype=np.int64)
         starts = feast_batch_starts(table, config.materialization_config.online_write_batch_size)
-        fv_name = _versioned_fv_name(view, config)
+        fv_name = redis_view_name(view, config)
         features = []
         for feature in view.features:
             column = table.column(feature.name)
@@ -257,7 +284,7 @@ class RedisWritePlan:
                     )
             elif checked:
                 check_values(feature.name, value_type, column, via_float)
-            features.append(_Feature(feature.name, value_type, _mmh3(f"{fv_name}:{feature.name}"), via_float))
+            features.append(_Feature(feature.name, value_type, field_hash(fv_name, feature.name), via_float))
         ttl = store_config.key_ttl_seconds
         return cls(
             table=table,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from propensity.core.settings import Settings, get_settings, project_home, resolve_path
 from propensity.core.timeutil import utc_midnight
 from propensity.core.zones import SNAPSHOTS
+from propensity.features.feast_compat import write_paths
 from propensity.features.spec import ENTITY_KEY, FEATURE_SERVICE, FEATURE_VIEW, MODEL_FEATURES
 
 if TYPE_CHECKING:
@@ -193,8 +194,7 @@ def materialize(
         raise ValueError(f"materialize: end {end} is before start {start}")
     store = feature_store(settings, apply=True, engine=engine)
     store.materialize(start_date=start, end_date=end, feature_views=[FEATURE_VIEW])
-    paths = getattr(store._get_provider().batch_engine, "paths", {})
-    path = paths.get(FEATURE_VIEW, "feast")
+    path = write_paths(store).get(FEATURE_VIEW, "feast")
     log.info(
         "materialized %s [%s, %s] into %s (%s write)",
         FEATURE_VIEW,

@@ -1,7 +1,8 @@
 """Where the API reads a customer's online features: the model's Feast FeatureService.
 
 :class:`FeastFeatureSource` resolves the service's views, join keys and entity types once, then
-reads with the provider's ``online_read`` per request (through :mod:`propensity.features.feast_compat`).
+reads with the provider's ``online_read`` per request (through :mod:`propensity.features.feast_compat`,
+the project's one adapter to Feast).
 """
 
 from __future__ import annotations
@@ -50,16 +51,16 @@ class FeatureSource(Protocol):
 class FeastFeatureSource:
     """Features through the model's Feast FeatureService (the same definitions as training).
 
-    Reads with the provider's ``online_read``, one call per feature view of the service: the
-    views, requested features, join keys and entity value types are resolved once, by Feast's
-    own request resolution, instead of on every request as ``FeatureStore.get_online_features``
-    does (a fifth of its cost for one customer, a seventh for eight). Values and timestamps are
-    converted as ``OnlineResponse.to_dict`` converts them, so both paths give the same rows.
+    Reads through :func:`propensity.features.feast_compat.online_reader`: the service's views,
+    features and join key resolved once, then the provider's ``online_read`` per view and
+    request, instead of ``FeatureStore.get_online_features`` (which resolves and builds a
+    response proto per request); both give the same rows. ``path`` says which one runs.
     """
 
     def __init__(self, store: Any, feature_service: str, entity_key: str = ENTITY_KEY) -> None:
-        from feast import utils as feast_utils
         from feast.types import Bytes, String
+
+        from propensity.features.feast_compat import online_reader
 
         self.store = store
         self.entity_key = entity_key
@@ -73,23 +74,8 @@ class FeastFeatureSource:
             for f in proj.features
             if f.dtype not in (String, Bytes)
         ]
-        column = {name: j for j, name in enumerate(self.feature_names)}
-        (_, on_demand, join_keys, entity_types, _, grouped_refs, *_) = (
-            feast_utils._get_online_request_context(store.registry, store.project, self.service, False)
-        )
-        if on_demand:
-            raise ValueError(f"feature service {feature_service} has on-demand views: not served here")
-        if entity_key not in entity_types:
-            raise ValueError(f"feature service {feature_service} is not keyed by {entity_key!r}")
-        self._join_keys: dict[str, str] = join_keys
-        self._entity_type = entity_types[entity_key]
-        # (view, every feature it serves, [(feature, model column)] of the numeric ones)
-        self._views = [
-            (view, list(names), [(n, column[n]) for n in names if n in column])
-            for view, names in grouped_refs
-        ]
-        self._provider = store._get_provider()
-        self._feast_utils = feast_utils
+        self._reader = online_reader(store, self.service, self.feature_names, entity_key)
+        self.path = self._reader.path
         self.kind = type(store.config.online_store).__name__
         conn = getattr(store.config.online_store, "connection_string", None)
         if conn is not None and "retry=" not in conn:
@@ -101,61 +87,16 @@ class FeastFeatureSource:
 
     def get(self, customer_ids: Sequence[str]) -> FeatureRows:
         try:
-            return self._read(customer_ids)
+            rows = self._reader.read(customer_ids)
         except Exception as exc:  # redis, sqlite and network errors alike: the store is down
             raise FeatureStoreUnavailable(
                 f"online store ({self.kind}) unreachable: {type(exc).__name__}: {exc}"
             ) from exc
-
-    def _read(self, customer_ids: Sequence[str]) -> FeatureRows:
-        from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
-        from google.protobuf.timestamp_pb2 import Timestamp
-
-        fu = self._feast_utils
-        n = len(customer_ids)
-        values = np.full((n, len(self.feature_names)), np.nan, dtype=np.float32)
-        found = np.zeros(n, dtype=bool)
-        seconds = [0] * n
-        keys = {self.entity_key: python_values_to_proto_values(list(customer_ids), self._entity_type)}
-        for view, requested, columns in self._views:
-            entities, destinations, _ = fu._get_unique_entities(view, keys, self._join_keys)
-            read = self._provider.online_read(
-                config=self.store.config,
-                table=view,
-                entity_keys=fu._get_entity_key_protos(entities),
-                # a copy: online stores append their timestamp field to the list they are given
-                requested_features=list(requested),
-            )
-            for (row_ts, data), rows in zip(read, destinations, strict=True):
-                if row_ts is not None:
-                    stamp = Timestamp()
-                    stamp.FromDatetime(row_ts)  # to_dict's ``__ts``: whole seconds
-                    for i in rows:
-                        seconds[i] = max(seconds[i], stamp.seconds)
-                if data is None:
-                    continue
-                for name, j in columns:
-                    proto = data.get(name)
-                    if proto is None:
-                        continue
-                    kind = proto.WhichOneof("val")
-                    if kind is None:  # the store has no value
-                        continue
-                    v = getattr(proto, kind) if kind in _SCALARS else feast_value_type_to_python_type(proto)
-                    if v is None:
-                        continue
-                    for i in rows:
-                        values[i, j] = v
-                        found[i] = True
-        stamps = [dt.datetime.fromtimestamp(t, dt.UTC) if t > 0 else None for t in seconds]
-        return FeatureRows(values, found, stamps)
+        stamps = [dt.datetime.fromtimestamp(t, dt.UTC) if t > 0 else None for t in rows.seconds]
+        return FeatureRows(rows.values, rows.found, stamps)
 
     def check(self) -> None:
         self.get(["__readiness_probe__"])
-
-
-# Value kinds whose proto field is already the Python value to_dict answers.
-_SCALARS = frozenset({"int32_val", "int64_val", "float_val", "double_val", "bool_val"})
 
 
 def feast_feature_source(settings: Settings) -> FeastFeatureSource:

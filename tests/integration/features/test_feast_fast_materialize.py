@@ -234,7 +234,7 @@ def test_store_options_behave_as_feast(pair, redis_client, online):
             materialize_with(store, day)
             windows[side, day] = before, time.time()
         state = assert_same_redis(client, stock, fast)
-    assert stores[1]._get_provider().batch_engine.paths == {FEATURE_VIEW: "arrow-redis"}
+    assert stores[1].provider.batch_engine.paths == {FEATURE_VIEW: "arrow-redis"}
     expiring = {expires for _, expires in state.values()}
     assert expiring == {"key_ttl_seconds" in online}
     ttl = online.get("key_ttl_seconds")
@@ -363,7 +363,7 @@ def test_snapshots_the_fast_path_hands_to_feast(tmp_path, redis_client, caplog, 
             store = feature_store(settings, apply=True, engine=engine)
             with caplog.at_level(logging.INFO, logger="propensity.features.feast_redis"):
                 store.materialize(start, start + dt.timedelta(seconds=1), feature_views=[FEATURE_VIEW])
-        assert store._get_provider().batch_engine.paths == {FEATURE_VIEW: path}
+        assert store.provider.batch_engine.paths == {FEATURE_VIEW: path}
     else:
         assert materialize_dates(stock, [day], engine="stock")["write_path"] == "feast"
         with caplog.at_level(logging.INFO, logger="propensity.features.feast_redis"):
@@ -416,7 +416,7 @@ def test_unhandled_column_type_takes_the_stock_path(pair):
     store = feature_store(fast, apply=True)
     view = store.get_feature_view(FEATURE_VIEW)
     table = snapshot(D2, CUSTOMERS[D2], 0)
-    provider = store._get_provider()
+    provider = store.provider
     RedisWritePlan.for_table(store.config, provider.online_store, view, table)  # as written: handled
     as_float32 = with_column(table, "spend_7d", table["spend_7d"].cast(pa.float32()))
     with pytest.raises(FastPathUnsupported, match="spend_7d"):
