@@ -17,13 +17,12 @@ pandas or a Spark DataFrame.
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from propensity.core.schema import EVENT_COLUMNS, VALIDATED_SCHEMA
 from propensity.core.settings import Settings
+from propensity.ingest.ge_compat import quiet_great_expectations
 
 if TYPE_CHECKING:
     import great_expectations.expectations as gxe
@@ -77,22 +76,6 @@ class Bands:
     amount_median: tuple[float, float] | None  # allowed median sale amount; None: too little history
     known_countries: list[str] | None  # countries of recent validated rows; None: no history
     distributions: bool  # enough rows for shares and medians to mean something
-
-
-def quiet_great_expectations() -> None:
-    """Call before importing great_expectations.
-
-    Under Airflow's logging its import and every store and metric log at INFO (hundreds of
-    lines per task); one module pins its own level. And GE probes ``pyspark.sql.connect``, whose
-    import calls ``sys.exit(0)`` when ``__main__`` has no file (``python -c``, embedded
-    interpreters) and Spark Connect's optional packages are absent: the process would vanish
-    with status 0. Marking the module absent there turns that into the ImportError GE handles.
-    """
-    for name in ("great_expectations", "great_expectations.data_context.types.base"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    main = sys.modules.get("__main__")
-    if main is not None and getattr(main, "__spec__", None) is None and not hasattr(main, "__file__"):
-        sys.modules.setdefault("pyspark.sql.connect", None)  # type: ignore[arg-type]
 
 
 def _is_sale() -> Condition:

@@ -1,10 +1,9 @@
 """Great Expectations behind one small API: run a suite of :class:`~propensity.ingest.expectations.Check`
 on a frame and get one :class:`CheckResult` per check (rows that failed it, observed value, error).
 
-This is the project's one adapter to GE's internals: the V1 ``Validator`` (what
-``ValidationDefinition.run`` uses, without storing a definition per run), the result objects'
-fields, and the ``pyspark.sql.connect`` guard of :func:`~propensity.ingest.expectations.quiet_great_expectations`.
-``tests/unit/ingest/test_ge_contract.py`` fails loudly when GE changes any of them.
+GE's private parts (the V1 ``Validator``, the ``pyspark.sql.connect`` guard) are behind
+:mod:`propensity.ingest.ge_compat`; this module reads the result objects' fields, which
+``tests/unit/ingest/test_ge_contract.py`` pins with them.
 """
 
 from __future__ import annotations
@@ -19,12 +18,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from propensity.ingest.expectations import ROW_ID, SUITE_NAME, Check, quiet_great_expectations
+from propensity.ingest.expectations import ROW_ID, SUITE_NAME, Check
+from propensity.ingest.ge_compat import quiet_great_expectations, validate_suite
 
 # Strings stay Arrow-backed: null checks, row filters and duplicate detection on them run in
 # Arrow instead of over Python objects (GE's suite on a 1M-line day: ~40% less CPU). GE's type
 # expectation compares with pandas' default string dtype, so run_suite sets that default to match.
 STRING_STORAGE = "pyarrow"
+RESULT_FORMAT = {
+    "result_format": "COMPLETE",
+    "unexpected_index_column_names": [ROW_ID],
+    "return_unexpected_index_query": False,
+    # Which rows, not which values: the values are in the rows, and GE's value lists and
+    # counts cost more than the checks themselves on a large day.
+    "exclude_unexpected_values": True,
+}
 
 
 @dataclass
@@ -101,14 +109,7 @@ def _validate(
 
     # Copies: an expectation belongs to one suite, and the same checks may be run again.
     expectations = [copy.copy(c.expectation) for c in checks]
-    result_format = {
-        "result_format": "COMPLETE",
-        "unexpected_index_column_names": [ROW_ID],
-        "return_unexpected_index_query": False,
-        # Which rows, not which values: the values are in the rows, and GE's value lists and
-        # counts cost more than the checks themselves on a large day.
-        "exclude_unexpected_values": True,
-    }
+    result_format = copy.deepcopy(RESULT_FORMAT)  # GE may annotate it
     if docs_dir:
         # Data Docs need the suite, the definition and a checkpoint in a context of their own
         # (the site's folder is this run's): a fresh ephemeral context, isolated from other runs.
@@ -139,15 +140,10 @@ def _validate(
         (validation,) = outcome.run_results.values()
     else:
         # Without a report nothing needs storing: the suite runs on the batch definition of the
-        # process's cached context (context, datasource and asset cost ~0.3 s to build per run)
-        # through the validator ValidationDefinition.run uses, which loads the frame once
-        # (Batch.validate loads it twice, fingerprinting all of it each time).
-        from great_expectations.validator.v1_validator import Validator
-
+        # process's cached context (context, datasource and asset cost ~0.3 s to build per run).
         _, batch = _cached_batch_definition(engine)
-        validator = Validator(batch, result_format=result_format, batch_parameters={"dataframe": frame})
-        validation = validator.validate_expectation_suite(
-            gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations)
+        validation = validate_suite(
+            batch, frame, gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations), result_format
         )
     return validation
 
