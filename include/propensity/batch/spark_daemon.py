@@ -11,6 +11,15 @@ is untouched, and a worker that imports scikit-learn itself still can), then han
 PySpark's daemon. Nothing is started before the fork: only modules are loaded (pandas brings
 jemalloc's background thread, which jemalloc re-creates in each child, as for any forking server).
 A failed preload is reported on stderr and the workers import on demand, as with PySpark's daemon.
+
+This module is the project's one adapter to Spark's worker internals: the daemon module is
+chosen with ``spark.python.daemon.module`` (set by :func:`propensity.core.spark.spark_session`;
+an advanced setting Spark added for custom daemons, SPARK-22959), this module hands over to
+``pyspark.daemon.manager()``, and scikit-learn is hidden from xgboost with a ``None`` entry in
+``sys.modules``. Each has a fallback taken with one line on stderr (the daemon's start is checked
+once): no ``manager`` -> PySpark's daemon run as Spark runs it (``python -m pyspark.daemon``);
+xgboost failing without scikit-learn -> xgboost imported with it.
+``tests/unit/batch/test_spark_contract.py`` pins all three with a real ``local[1]`` job.
 """
 
 from __future__ import annotations
@@ -21,12 +30,24 @@ PRELOAD = ("numpy", "pyarrow", "pyarrow.parquet", "pandas", "psycopg", "propensi
 
 
 def import_xgboost_without_sklearn() -> None:
-    """Import xgboost with scikit-learn hidden (a ``None`` module makes its import fail), then unhide it."""
+    """Import xgboost with scikit-learn hidden (a ``None`` module makes its import fail), then unhide it.
+
+    Should an xgboost release need scikit-learn at import, it is imported with it (reported).
+    """
     hide = "sklearn" not in sys.modules
     if hide:
         sys.modules["sklearn"] = None  # type: ignore[assignment]
     try:
         import xgboost  # noqa: F401
+    except ImportError as exc:
+        if not hide:
+            raise
+        for name in [m for m in sys.modules if m == "xgboost" or m.startswith("xgboost.")]:
+            del sys.modules[name]  # half-imported without scikit-learn: import it afresh
+        del sys.modules["sklearn"]
+        hide = False
+        _report(f"xgboost needs scikit-learn at import ({exc!r}): imported with it")
+        import xgboost  # noqa: F401, F811
     finally:
         if hide:
             del sys.modules["sklearn"]
@@ -49,16 +70,27 @@ def preload(modules: tuple[str, ...] = PRELOAD) -> list[str]:
     return failed
 
 
-def main() -> None:
+def _report(problem: str) -> None:
     # stdout is PySpark's channel to the JVM (the daemon writes its port there): report on stderr.
-    for problem in preload():
-        print(
-            f"propensity.batch.spark_daemon: preload failed, workers import on demand: {problem}",
-            file=sys.stderr,
-        )
-    from pyspark.daemon import manager
+    print(f"propensity.batch.spark_daemon: {problem}", file=sys.stderr, flush=True)
 
-    manager()
+
+def main() -> None:
+    for problem in preload():
+        _report(f"preload failed, workers import on demand: {problem}")
+    from pyspark import daemon
+
+    manager = getattr(daemon, "manager", None)
+    if callable(manager):
+        manager()
+        return
+    import runpy
+
+    _report(
+        "pyspark.daemon has no manager(): running PySpark's daemon as Spark does (python -m pyspark.daemon)"
+    )
+    sys.modules.pop("pyspark.daemon", None)  # run afresh as __main__, as ``python -m`` would
+    runpy.run_module("pyspark.daemon", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,13 @@ def spark_session(
     driver_memory: str = "2g",
     java_options: str = QUICK_JIT,
     bind_address: str | None = "127.0.0.1",
+    python_daemon: str | None = PYTHON_DAEMON,
 ) -> SparkSession:
     """A session on ``master``. Python workers run the current interpreter (the venv's),
     unless PYSPARK_PYTHON says otherwise; the session timezone is UTC so dates never shift.
 
-    ``java_options`` (the driver JVM's) only apply when this call starts the JVM."""
+    ``java_options`` (the driver JVM's) only apply when this call starts the JVM.
+    ``python_daemon=None``: PySpark's own worker daemon (benches and tests compare them)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if bind_address:
         # The driver's RPC, block manager and UI listen on this address only (loopback by default:
@@ -46,12 +48,13 @@ def spark_session(
         .config("spark.driver.memory", driver_memory)
         .config("spark.ui.showConsoleProgress", "true")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.python.daemon.module", PYTHON_DAEMON)
     )
     if bind_address:
         builder = builder.config("spark.driver.bindAddress", bind_address).config(
             "spark.driver.host", bind_address
         )
+    if python_daemon:
+        builder = builder.config("spark.python.daemon.module", python_daemon)
     if java_options:
         builder = builder.config("spark.driver.extraJavaOptions", java_options)
     return builder.getOrCreate()
