@@ -17,7 +17,7 @@ import gc
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ from propensity.serving.contract import API_KEY_HEADER, BatchPrediction, Contrac
 from propensity.serving.feature_source import FeatureSource, FeatureStoreUnavailable, feast_feature_source
 from propensity.serving.manifest import deployed_model, read_deployment
 from propensity.serving.request_log import LogRows, PredictionLog
+from propensity.serving.starlette_compat import install_direct_route
 from propensity.serving.store_guard import StoreGuard
 
 if TYPE_CHECKING:
@@ -55,40 +56,6 @@ MAX_PENDING_BACKGROUND = (
 )
 OFF_PATH_INTERVAL_S = 0.05  # how often shadow scoring and logging catch up with the answers
 MAX_ROWS_PER_LOOKUP = 256  # customers per merged lookup (a single request may still bring max_batch)
-
-
-# -- metrics ------------------------------------------------------------------------------
-# -- the fast path ------------------------------------------------------------------------
-class DirectRoute:
-    """ASGI middleware: one method and path answered by ``answer(body, headers)`` directly.
-
-    Everything else goes on to the app. Unexpected errors propagate to Starlette's
-    ServerErrorMiddleware, outside this one, as a route's would.
-    """
-
-    def __init__(
-        self,
-        app: Any,
-        method: str,
-        path: str,
-        answer: Callable[[bytes, Headers], Awaitable[Response]],
-    ) -> None:
-        self.app, self.method, self.path, self.answer = app, method, path, answer
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != self.method:
-            await self.app(scope, receive, send)
-            return
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        response = await self.answer(b"".join(chunks), Headers(scope=scope))
-        await response(scope, receive, send)
 
 
 # -- the app ------------------------------------------------------------------------------
@@ -404,8 +371,8 @@ def create_app(
         return await answer_predict(await request.body(), request.headers)
 
     # Per request, Starlette's and FastAPI's routing, middleware and parameter solving cost
-    # more than a batch's feature lookup: /predict skips them.
-    app.add_middleware(DirectRoute, method="POST", path="/predict", answer=answer_predict)
+    # more than a batch's feature lookup: /predict skips them. FIGURE
+    install_direct_route(app, "POST", "/predict", answer_predict)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
