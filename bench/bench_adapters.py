@@ -16,9 +16,10 @@ Issue 15 keeps a private path only where it clearly wins. Sections (``--only`` p
 * ``spark``: a fresh ``local[1]`` session's first Python task (the batch worker's imports) with
   PySpark's worker daemon, with the project's preloading daemon, and with it but scikit-learn
   left visible to xgboost; each in its own process (a fresh JVM), alternating, ``--spark-rounds``.
-* ``api``: ``POST /predict`` p50/p99 at concurrency 1 and 8 (bench_api.py's client), the same app
-  answering through the ``DirectRoute`` middleware, a plain Starlette ``Route`` and FastAPI's route;
-  one server process each, alternating rounds; same answers checked first.
+* ``api``: ``POST /predict`` p50/p99 and the server's CPU per request at concurrency 1 and 8
+  (bench_api.py's client), the same app answering through the ``DirectRoute`` middleware, a plain
+  Starlette ``Route`` and FastAPI's route; one server process each, alternating rounds; same
+  answers checked first. Then the routing alone, in-process, with a constant answer.
 
     .venv/bin/python bench/bench_adapters.py [--only feast,materialize,ge,spark,api]
 """
@@ -509,6 +510,12 @@ def serve_child(variant: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its threads so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class _Buffered:
     """What the /predict endpoint reads of a request: its body and headers."""
 
@@ -517,6 +524,77 @@ class _Buffered:
 
     async def body(self) -> bytes:
         return self.raw
+
+
+def framework_overhead(calls: int = 5000, repeat: int = 7) -> dict[str, float]:
+    """Microseconds per POST /predict of the routing alone: each variant in-process, a constant answer."""
+    import asyncio
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
+    from starlette.routing import Route
+
+    from propensity.serving.starlette_compat import install_direct_route
+
+    async def answer(raw: bytes, headers: Any) -> Response:
+        return Response(b'{"score": 0.5}', media_type="application/json")
+
+    def build(variant: str) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/predict")
+        async def predict(request: Request) -> Response:
+            return await answer(await request.body(), request.headers)
+
+        @app.get("/healthz")
+        def healthz() -> dict:
+            return {}
+
+        if variant == "direct":
+            install_direct_route(app, "POST", "/predict", answer)
+        elif variant == "route":
+            app.router.routes.insert(0, Route("/predict", predict, methods=["POST"]))
+        return app
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"api"), (b"content-type", b"application/json"), (b"content-length", b"24")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+    message = {"type": "http.request", "body": b'{"customer_id": "17850"}', "more_body": False}
+
+    async def receive() -> dict:
+        return message
+
+    async def send(_: dict) -> None:
+        return None
+
+    async def per_call(app: FastAPI, n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await app(dict(scope), receive, send)
+        return (time.perf_counter() - t0) / n * 1e6
+
+    async def run() -> dict[str, float]:
+        apps = {v: build(v) for v in ("direct", "route", "fastapi")}
+        for app in apps.values():
+            await per_call(app, 1000)
+        samples: dict[str, list[float]] = {v: [] for v in apps}
+        for _ in range(repeat):
+            for v, app in apps.items():
+                samples[v].append(await per_call(app, calls))
+        return {v: statistics.median(x) for v, x in samples.items()}
+
+    return asyncio.run(run())
 
 
 def api_section(args: argparse.Namespace, work: Path) -> list[dict]:
@@ -607,31 +685,50 @@ def api_section(args: argparse.Namespace, work: Path) -> list[dict]:
             for v in variants:
                 load(ports[v], requests[: min(300, len(requests))], c)
             rounds: dict[str, list[dict]] = {v: [] for v in variants}
+            cpu = dict.fromkeys(variants, 0.0)
             for k in range(args.rounds):
                 for v in variants[k % 3 :] + variants[: k % 3]:
+                    before = cpu_seconds(procs[v].pid)
                     rounds[v].append(load(ports[v], requests, c))
+                    cpu[v] += cpu_seconds(procs[v].pid) - before
             for v in variants:
                 results[v][c] = pooled(rounds[v])
+                results[v][c]["cpu_us"] = cpu[v] / (args.rounds * len(requests)) * 1e6
     finally:
         for proc in procs.values():
             stop(proc)
         store.teardown()
     print(f"API POST /predict, {args.requests} requests x {args.rounds} rounds per level and variant:")
-    print(f"  {'variant':<10}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
+    print(f"  {'variant':<10}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'server CPU us/req':>19}")
     for v in variants:
         for c in (1, 8):
             r = results[v][c]
-            print(f"  {v:<10}{c:>5}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['rps']:>9.0f}")
-    lines = []
+            print(f"  {v:<10}{c:>5}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['rps']:>9.0f}{r['cpu_us']:>19.0f}")
+    routing = framework_overhead()
+    print(
+        "  routing alone, in-process (a constant answer): "
+        + ", ".join(f"{v} {us:.1f} us" for v, us in routing.items())
+        + " per request"
+    )
+    lines = [
+        {
+            "what": f"API routing alone per request: DirectRoute vs {other}",
+            "fast": routing["direct"],
+            "other": routing[other],
+            "unit": "us",
+        }
+        for other in ("route", "fastapi")
+    ]
     for other in ("route", "fastapi"):
         for c in (1, 8):
-            for q in ("p50", "p99"):
+            for q in ("p50", "p99", "cpu_us"):
                 lines.append(
                     {
-                        "what": f"API {q} at concurrency {c}: DirectRoute vs {other}",
+                        "what": f"API {q.replace('cpu_us', 'server CPU per request')} at concurrency {c}: "
+                        f"DirectRoute vs {other}",
                         "fast": results["direct"][c][q],
                         "other": results[other][c][q],
-                        "unit": "ms",
+                        "unit": "us" if q == "cpu_us" else "ms",
                     }
                 )
     return lines

@@ -57,6 +57,8 @@ class ProviderReader:
 
     Values and timestamps are converted as ``OnlineResponse.to_dict`` converts them, so both
     readers give the same rows (the contract test compares them value for value).
+    bench_adapters (Redis, p50): 0.27 ms for 1 customer, 0.74 ms for 8, vs 0.59 and 1.55 ms through
+    ``get_online_features``; Feast's private request helpers read no faster (0.29, 0.78 ms): removed.
     """
 
     path = "online_read"

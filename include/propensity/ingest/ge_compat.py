@@ -53,6 +53,7 @@ def validate_suite(
 
     ``via``: the path to take whatever the check says (tests and benches compare them).
     """
+    # bench_adapters: 3.67 s vs 4.26 s through Batch.validate on a 1M-line day (339 vs 337 ms on a real one)
     validator = _v1_validator() if via is None else None if via == "batch" else _v1_validator(required=True)
     if validator is None:
         batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
