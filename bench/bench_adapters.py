@@ -49,7 +49,6 @@ from benchline import bench_line
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 SECTIONS = ("feast", "materialize", "ge", "spark", "api")
-KEY = "bench-key"
 
 
 def pct(samples: Sequence[float], q: float) -> float:
@@ -89,14 +88,10 @@ class PrivateReader:
 
     def read(self, keys: Sequence[str]) -> Any:
         from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
-        from google.protobuf.timestamp_pb2 import Timestamp
 
-        from propensity.features.feast_compat import _SCALARS, OnlineRows
+        from propensity.features.feast_compat import _Rows
 
-        n = len(keys)
-        values = np.full((n, self.n_columns), np.nan, dtype=np.float32)
-        found = np.zeros(n, dtype=bool)
-        seconds = [0] * n
+        out = _Rows(len(keys), self.n_columns)
         protos = {self.entity_key: python_values_to_proto_values(list(keys), self.entity_type)}
         for view, requested, columns in self.views:
             entities, destinations, _ = self.fu._get_unique_entities(view, protos, self.join_keys)
@@ -106,33 +101,15 @@ class PrivateReader:
                 entity_keys=self.fu._get_entity_key_protos(entities),
                 requested_features=list(requested),
             )
-            for (row_ts, data), rows in zip(read, destinations, strict=True):
-                if row_ts is not None:
-                    stamp = Timestamp()
-                    stamp.FromDatetime(row_ts)
-                    for i in rows:
-                        seconds[i] = max(seconds[i], stamp.seconds)
-                if data is None:
-                    continue
-                for name, j in columns:
-                    proto = data.get(name)
-                    kind = None if proto is None else proto.WhichOneof("val")
-                    if kind is None:
-                        continue
-                    v = getattr(proto, kind) if kind in _SCALARS else feast_value_type_to_python_type(proto)
-                    if v is None:
-                        continue
-                    for i in rows:
-                        values[i, j] = v
-                        found[i] = True
-        return OnlineRows(values, found, seconds)
+            out.merge(read, destinations, columns, feast_value_type_to_python_type)
+        return out.rows()
 
 
 def same_rows(a: Any, b: Any) -> bool:
     return (
         np.array_equal(a.values, b.values, equal_nan=True)
         and np.array_equal(a.found, b.found)
-        and list(a.seconds) == list(b.seconds)
+        and a.timestamps == b.timestamps
     )
 
 
@@ -600,29 +577,25 @@ def framework_overhead(calls: int = 5000, repeat: int = 7) -> dict[str, float]:
 def api_section(args: argparse.Namespace, work: Path) -> list[dict]:
     import http.client
 
-    import pandas as pd
-    from bench_api import free_port, http_request, load, make_model_and_features, pooled, stop, wait_http
+    from bench_api import (
+        KEY,
+        free_port,
+        http_request,
+        load,
+        make_model_and_features,
+        pooled,
+        serving_env,
+        stop,
+        wait_http,
+        write_online,
+    )
 
     from propensity.core.settings import Settings
-    from propensity.features.spec import FEATURE_VIEW, INT_FEATURES, MODEL_FEATURES
+    from propensity.features.spec import MODEL_FEATURES
     from propensity.features.store import feature_store
     from propensity.serving.deploy import deploy_model
 
-    env = {
-        **os.environ,
-        "PROPENSITY_HOME": str(ROOT),
-        "PROPENSITY_PROFILE": "local",
-        "PROPENSITY_ZONE_ROOT": str(work / "api-zones"),
-        "PROPENSITY_CACHE_DIR": str(work / "api-cache"),
-        "PROPENSITY_FEATURES__ONLINE_STORE": "redis",
-        "PROPENSITY_FEATURES__REDIS_CONNECTION": f"{args.redis},db={args.db},retry=null,socket_timeout=1",
-        "PROPENSITY_FEATURES__REGISTRY": str(work / "api-registry.db"),
-        "PROPENSITY_FEATURES__FEAST_PROJECT": f"adp_api_{uuid.uuid4().hex[:8]}",
-        "PROPENSITY_FEATURES__TTL_DAYS": "36500",
-        "PROPENSITY_SERVING__REPOSITORY": str(work / "api-models"),
-        "PROPENSITY_SERVING__SHADOW_ENABLED": "false",
-        "PROPENSITY_API_KEYS": KEY,
-    }
+    env = serving_env(work / "api", args.redis, args.db, f"adp_api_{uuid.uuid4().hex[:8]}")
     saved = dict(os.environ)
     os.environ.update({k: v for k, v in env.items() if k.startswith("PROPENSITY_")})
     try:
@@ -633,13 +606,7 @@ def api_section(args: argparse.Namespace, work: Path) -> list[dict]:
     booster, rows = make_model_and_features(MODEL_FEATURES)
     deploy_model(settings, booster, 1, "champion")
     store = feature_store(settings, apply=True)
-    ts = pd.Timestamp(dt.datetime.combine(AS_OF, dt.time(0), tzinfo=dt.UTC))
-    frame = pd.DataFrame({"customer_id": list(rows), "as_of": ts, "event_timestamp": ts})
-    for j, name in enumerate(MODEL_FEATURES):
-        cast = int if name in INT_FEATURES else float
-        frame[name] = [cast(v[j]) for v in rows.values()]
-    frame["country"] = "United Kingdom"
-    store.write_to_online_store(FEATURE_VIEW, frame)
+    write_online(store, rows)
 
     variants = ("direct", "route", "fastapi")
     ports = {v: free_port() for v in variants}

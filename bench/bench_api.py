@@ -88,6 +88,41 @@ def make_model_and_features(features: tuple[str, ...]) -> tuple[Any, dict[str, n
     return booster, {cid: x[i] for i, cid in enumerate(ids)}
 
 
+def serving_env(work: Path, redis: str, db: int, project: str) -> dict[str, str]:
+    """The environment of an API server on the loopback Redis with its files under ``work``."""
+    return {
+        **os.environ,
+        "PROPENSITY_HOME": str(ROOT),
+        "PROPENSITY_PROFILE": "local",
+        "PROPENSITY_ZONE_ROOT": str(work / "zones"),
+        "PROPENSITY_CACHE_DIR": str(work / "cache"),
+        "PROPENSITY_FEATURES__ONLINE_STORE": "redis",
+        "PROPENSITY_FEATURES__REDIS_CONNECTION": f"{redis},db={db},retry=null,socket_timeout=1",
+        "PROPENSITY_FEATURES__REGISTRY": str(work / "registry.db"),
+        "PROPENSITY_FEATURES__FEAST_PROJECT": project,
+        "PROPENSITY_FEATURES__TTL_DAYS": "36500",  # the bench's snapshot must not expire
+        "PROPENSITY_SERVING__REPOSITORY": str(work / "models"),
+        "PROPENSITY_SERVING__SHADOW_ENABLED": "false",
+        "PROPENSITY_API_KEYS": KEY,
+    }
+
+
+def write_online(store: Any, rows: dict[str, np.ndarray]) -> None:
+    """The customers' features as one snapshot in the online store (what materialize would write)."""
+    import pandas as pd
+
+    from propensity.features.spec import FEATURE_VIEW, INT_FEATURES, MODEL_FEATURES
+
+    ts = pd.Timestamp("2011-12-09", tz="UTC")
+    frame = pd.DataFrame({"customer_id": list(rows), "as_of": ts, "event_timestamp": ts})
+    for j, name in enumerate(MODEL_FEATURES):
+        cast = int if name in INT_FEATURES else float
+        frame[name] = [cast(v[j]) for v in rows.values()]
+    # A string field of the service, as in production: stored and read, never fed to the model.
+    frame["country"] = "United Kingdom"
+    store.write_to_online_store(FEATURE_VIEW, frame)
+
+
 def wait_http(port: int, path: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -275,28 +310,15 @@ def main() -> int:
     import pandas as pd
 
     from propensity.core.settings import Settings
-    from propensity.features.spec import FEATURE_VIEW, INT_FEATURES, MODEL_FEATURES
+    from propensity.features.spec import MODEL_FEATURES
     from propensity.features.store import feature_store
     from propensity.serving.deploy import deploy_model
 
     work = Path(tempfile.mkdtemp(prefix="bench_api_"))
-    host, port_redis = REDIS.split(":")
     env = {
-        **os.environ,
-        "PROPENSITY_HOME": str(ROOT),
-        "PROPENSITY_PROFILE": "local",
-        "PROPENSITY_ZONE_ROOT": str(work / "zones"),
-        "PROPENSITY_CACHE_DIR": str(work / "cache"),
-        "PROPENSITY_FEATURES__ONLINE_STORE": "redis",
-        "PROPENSITY_FEATURES__REDIS_CONNECTION": f"{host}:{port_redis},db={REDIS_DB},retry=null,socket_timeout=1",
-        "PROPENSITY_FEATURES__REGISTRY": str(work / "registry.db"),
-        "PROPENSITY_FEATURES__FEAST_PROJECT": FEAST_PROJECT,
-        "PROPENSITY_FEATURES__TTL_DAYS": "36500",  # the bench's snapshot must not expire
-        "PROPENSITY_SERVING__REPOSITORY": str(work / "models"),
-        "PROPENSITY_SERVING__SHADOW_ENABLED": "false",
+        **serving_env(work, REDIS, REDIS_DB, FEAST_PROJECT),
         "PROPENSITY_TRAINING__MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
         "PROPENSITY_TRAINING__MLFLOW_ARTIFACT_ROOT": str(work / "mlartifacts"),
-        "PROPENSITY_API_KEYS": KEY,
         "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
         "MLFLOW_ENABLE_TELEMETRY": "false",
         # mlflow models serve execs `uvicorn` by name: the venv's, not whatever PATH finds first.
@@ -309,14 +331,7 @@ def main() -> int:
     booster, rows = make_model_and_features(MODEL_FEATURES)
     deploy_model(settings, booster, 1, "champion")
     store = feature_store(settings, apply=True)
-    ts = pd.Timestamp("2011-12-09", tz="UTC")
-    frame = pd.DataFrame({"customer_id": list(rows), "as_of": ts, "event_timestamp": ts})
-    for j, name in enumerate(MODEL_FEATURES):
-        cast = int if name in INT_FEATURES else float
-        frame[name] = [cast(v[j]) for v in rows.values()]
-    # A string field of the service, as in production: stored and read, never fed to the model.
-    frame["country"] = "United Kingdom"
-    store.write_to_online_store(FEATURE_VIEW, frame)
+    write_online(store, rows)
 
     import mlflow
     import mlflow.xgboost

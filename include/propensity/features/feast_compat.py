@@ -25,6 +25,7 @@ against its documented one.
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -44,12 +45,17 @@ class FeastShapeChanged(Exception):
 
 
 @dataclass(frozen=True)
-class OnlineRows:
-    """Online features of a list of entity keys, in the reader's column order."""
+class FeatureRows:
+    """Online features of a list of customers, in the reader's column order."""
 
-    values: np.ndarray  # float32 [n, columns]; NaN where the store has no value
-    found: np.ndarray  # bool [n]: some column has a value
-    seconds: list[int]  # latest event time among the entity's views, whole seconds; 0 = none
+    values: np.ndarray  # float32 [n, f]; NaN where the store has no value
+    found: np.ndarray  # bool [n]: the store knows the customer
+    timestamps: list[dt.datetime | None]  # when each customer's features were computed (whole seconds)
+
+    @classmethod
+    def of(cls, values: np.ndarray, found: np.ndarray, seconds: list[int]) -> FeatureRows:
+        """``seconds``: each customer's latest event time among the service's views; 0 = none."""
+        return cls(values, found, [dt.datetime.fromtimestamp(t, dt.UTC) if t > 0 else None for t in seconds])
 
 
 class ProviderReader:
@@ -101,14 +107,9 @@ class ProviderReader:
         self._to_protos: Callable[..., list[Any]] = python_values_to_proto_values
         self._to_python: Callable[[Any], Any] = feast_value_type_to_python_type
 
-    def read(self, keys: Sequence[str]) -> OnlineRows:
+    def read(self, keys: Sequence[str]) -> FeatureRows:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from google.protobuf.timestamp_pb2 import Timestamp
 
-        n = len(keys)
-        values = np.full((n, self.n_columns), np.nan, dtype=np.float32)
-        found = np.zeros(n, dtype=bool)
-        seconds = [0] * n
         rows_of: dict[str, list[int]] = {}  # each key read once, answered on each of its rows
         for i, key in enumerate(keys):
             rows_of.setdefault(key, []).append(i)
@@ -117,6 +118,7 @@ class ProviderReader:
             for proto in self._to_protos(list(rows_of), self.key_type)
         ]
         destinations = list(rows_of.values())
+        out = _Rows(len(keys), self.n_columns)
         for view, requested, columns in self.views:
             read = self.provider.online_read(
                 config=self.config,
@@ -125,28 +127,53 @@ class ProviderReader:
                 # a copy: online stores append their timestamp field to the list they are given
                 requested_features=list(requested),
             )
-            for (row_ts, data), rows in zip(read, destinations, strict=True):
-                if row_ts is not None:
-                    stamp = Timestamp()
-                    stamp.FromDatetime(row_ts)  # to_dict's ``__ts``: whole seconds
-                    for i in rows:
-                        seconds[i] = max(seconds[i], stamp.seconds)
-                if data is None:
+            out.merge(read, destinations, columns, self._to_python)
+        return out.rows()
+
+
+class _Rows:
+    """Rows being filled from ``online_read`` answers, converted as ``OnlineResponse.to_dict`` does."""
+
+    def __init__(self, n: int, n_columns: int) -> None:
+        self.values = np.full((n, n_columns), np.nan, dtype=np.float32)
+        self.found = np.zeros(n, dtype=bool)
+        self.seconds = [0] * n
+
+    def merge(
+        self,
+        read: Sequence[tuple[Any, Any]],
+        destinations: Sequence[Sequence[int]],
+        columns: Sequence[tuple[str, int]],
+        to_python: Callable[[Any], Any],
+    ) -> None:
+        """One view's answers, one per entity key, onto the rows each key was asked for."""
+        from google.protobuf.timestamp_pb2 import Timestamp
+
+        values, found, seconds = self.values, self.found, self.seconds
+        for (row_ts, data), rows in zip(read, destinations, strict=True):
+            if row_ts is not None:
+                stamp = Timestamp()
+                stamp.FromDatetime(row_ts)  # to_dict's ``__ts``: whole seconds
+                for i in rows:
+                    seconds[i] = max(seconds[i], stamp.seconds)
+            if data is None:
+                continue
+            for name, j in columns:
+                proto = data.get(name)
+                if proto is None:
                     continue
-                for name, j in columns:
-                    proto = data.get(name)
-                    if proto is None:
-                        continue
-                    kind = proto.WhichOneof("val")
-                    if kind is None:  # the store has no value
-                        continue
-                    v = getattr(proto, kind) if kind in _SCALARS else self._to_python(proto)
-                    if v is None:
-                        continue
-                    for i in rows:
-                        values[i, j] = v
-                        found[i] = True
-        return OnlineRows(values, found, seconds)
+                kind = proto.WhichOneof("val")
+                if kind is None:  # the store has no value
+                    continue
+                v = getattr(proto, kind) if kind in _SCALARS else to_python(proto)
+                if v is None:
+                    continue
+                for i in rows:
+                    values[i, j] = v
+                    found[i] = True
+
+    def rows(self) -> FeatureRows:
+        return FeatureRows.of(self.values, self.found, self.seconds)
 
 
 # Value kinds whose proto field is already the Python value to_dict answers.
@@ -163,7 +190,7 @@ class ServiceReader:
         # Every feature's timestamp counts, string ones included, as the provider path's views do.
         self.stamped = [f.name for p in service.feature_view_projections for f in p.features]
 
-    def read(self, keys: Sequence[str]) -> OnlineRows:
+    def read(self, keys: Sequence[str]) -> FeatureRows:
         n = len(keys)
         data = self.store.get_online_features(
             features=self.service, entity_rows={self.entity_key: list(keys)}
@@ -177,7 +204,7 @@ class ServiceReader:
         seconds = [0] * n
         for name in self.stamped:
             seconds = [max(s, int(t)) for s, t in zip(seconds, data[f"{name}__ts"], strict=True)]
-        return OnlineRows(values, found, seconds)
+        return FeatureRows.of(values, found, seconds)
 
 
 OnlineReader = ProviderReader | ServiceReader

@@ -7,14 +7,11 @@ the project's one adapter to Feast).
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
+from propensity.features.feast_compat import FeatureRows
 from propensity.features.spec import ENTITY_KEY
 
 if TYPE_CHECKING:
@@ -25,15 +22,6 @@ log = logging.getLogger(__name__)
 
 class FeatureStoreUnavailable(RuntimeError):
     """The online store cannot be read (maps to HTTP 503, naming the cause)."""
-
-
-@dataclass(frozen=True)
-class FeatureRows:
-    """Online features of a list of customers, in the source's column order."""
-
-    values: np.ndarray  # float32 [n, f]; NaN where the store has no value
-    found: np.ndarray  # bool [n]: the store knows the customer
-    timestamps: list[dt.datetime | None]  # when each customer's features were computed
 
 
 class FeatureSource(Protocol):
@@ -87,13 +75,11 @@ class FeastFeatureSource:
 
     def get(self, customer_ids: Sequence[str]) -> FeatureRows:
         try:
-            rows = self._reader.read(customer_ids)
+            return self._reader.read(customer_ids)
         except Exception as exc:  # redis, sqlite and network errors alike: the store is down
             raise FeatureStoreUnavailable(
                 f"online store ({self.kind}) unreachable: {type(exc).__name__}: {exc}"
             ) from exc
-        stamps = [dt.datetime.fromtimestamp(t, dt.UTC) if t > 0 else None for t in rows.seconds]
-        return FeatureRows(rows.values, rows.found, stamps)
 
     def check(self) -> None:
         self.get(["__readiness_probe__"])
