@@ -6,6 +6,10 @@ Importable from any test folder: pytest puts tests/ (home of the root conftest) 
 from __future__ import annotations
 
 import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import xgboost as xgb
@@ -29,6 +33,27 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def running_api(app, timeout_s: float = 30.0) -> Iterator[str]:
+    """``app`` served by a real uvicorn server on a free loopback port, in a thread: its base URL."""
+    import uvicorn
+
+    port = closed_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the API did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 FEATURE_TIME = "2011-12-01T00:00:00+00:00"

@@ -308,6 +308,12 @@ class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 100  # customer ids per POST /predict
+    # Request bodies over this many bytes get 413 before they are read (None: what max_batch ids
+    # of max_id_length characters can take as JSON, escapes included).
+    max_body_bytes: int | None = None
+    # How often a running API reads the deployment record and swaps in a newly deployed model
+    # (0: never; the API then serves what it loaded at start until restarted).
+    reload_interval_s: float = 1.0
     unknown_customer: Literal["404", "cold_start"] = "404"
     fallback_to_inprocess: bool = False  # model server down: score in-process and flag it
     auth_required: bool = True
@@ -321,7 +327,6 @@ class ServingSettings(BaseModel):
     prediction_log_dir: str = "predictions/log"  # under the zone root
     prediction_log_flush_rows: int = 500
     prediction_log_flush_s: float = 5.0
-    # Feast repo and the FeatureService the champion was trained on (the API reads through it).
 
     @field_validator("repository")
     @classmethod

@@ -41,9 +41,10 @@ from propensity.serving.batching import Job, MicroBatcher, OffPathWorker
 from propensity.serving.breaker import CircuitOpen
 from propensity.serving.contract import API_KEY_HEADER, BatchPrediction, Contract, ErrorBody, Prediction
 from propensity.serving.feature_source import FeatureSource, FeatureStoreUnavailable, feast_feature_source
+from propensity.serving.hot_swap import DeploymentWatcher, deployment_key
 from propensity.serving.manifest import deployed_model, read_deployment
 from propensity.serving.request_log import LogRows, PredictionLog
-from propensity.serving.starlette_compat import install_direct_route
+from propensity.serving.starlette_compat import declared_too_large, install_direct_route
 from propensity.serving.store_guard import StoreGuard
 
 if TYPE_CHECKING:
@@ -66,16 +67,32 @@ class _Models:
     shadow: ModelBackend | None
     feature_names: list[str] | None  # the champion's training order
     problem: str | None = None  # why there is no champion
+    key: tuple[Any, ...] = ()  # the deployment record's versions and hashes these models serve
+    order: np.ndarray | None = None  # feature source column -> the champion's column
+    served_names: list[str] | None = None
+
+    def ordered_for(self, source: FeatureSource) -> _Models:
+        """These models with the feature order they need from ``source`` (refused if it lacks one)."""
+        if self.feature_names:
+            missing = [f for f in self.feature_names if f not in source.feature_names]
+            if missing:
+                raise RuntimeError(f"the feature service lacks the model's features {missing}")
+            self.order = np.array([source.feature_names.index(f) for f in self.feature_names])
+        else:
+            self.order = np.arange(len(source.feature_names))
+        self.served_names = [source.feature_names[i] for i in self.order]
+        return self
 
 
-def _load_models(settings: Settings) -> _Models:
+def _load_models(settings: Settings, state: dict[str, Any] | None = None) -> _Models:
+    """What the deployment record says to serve, loaded (each file checked against its sha256)."""
     s = settings.serving
-    state = read_deployment(settings)
+    state = read_deployment(settings) if state is None else state
+    key = deployment_key(state)
     champ = deployed_model(settings, "champion", state=state)
     if champ is None:
-        return _Models(
-            s.model_name, None, None, None, f"no champion deployed in {s.repository}/{s.model_name}"
-        )
+        problem = f"no champion deployed in {s.repository}/{s.model_name}"
+        return _Models(s.model_name, None, None, None, problem, key)
     champion = backend_for(settings, champ.version, sha256=champ.sha256)
     shadow = None
     entry = deployed_model(settings, "shadow", state=state)
@@ -85,7 +102,7 @@ def _load_models(settings: Settings) -> _Models:
         except Exception as exc:  # a broken shadow must never take the champion down
             log.error("shadow v%s not loaded: %s", entry.version, exc)
     names = list(champ.feature_names) if champ.feature_names else None
-    return _Models(s.model_name, champion, shadow, names)
+    return _Models(s.model_name, champion, shadow, names, key=key)
 
 
 def _online_marker(settings: Settings) -> dict[str, Any] | None:
@@ -120,14 +137,8 @@ def create_app(
     else:
         models = _load_models(settings)
     source = feature_source if feature_source is not None else feast_feature_source(settings)
-    if models.feature_names:
-        missing = [f for f in models.feature_names if f not in source.feature_names]
-        if missing:
-            raise RuntimeError(f"the feature service lacks the model's features {missing}")
-        order = np.array([source.feature_names.index(f) for f in models.feature_names])
-    else:
-        order = np.arange(len(source.feature_names))
-    served_names = [source.feature_names[i] for i in order]
+    # The one reference the request path reads (once per batch): a deploy replaces it whole.
+    live = [models.ordered_for(source)]
     guard = StoreGuard(
         source,
         failures=s.breaker_failures,
@@ -138,43 +149,75 @@ def create_app(
         settings.zone_root, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
     )
     plog = PredictionLog(zone, s.prediction_log_dir, s.prediction_log_flush_rows, s.prediction_log_flush_s)
-    fallback: list[ModelBackend] = []  # built on first need: the same file Triton serves
-    if models.champion is not None:
-        metrics.model.labels("champion", models.champion.version).set(1)
-    if models.shadow is not None:
-        metrics.model.labels("shadow", models.shadow.version).set(1)
+    fallback: dict[str, ModelBackend] = {}  # by version, built on first need: the file Triton serves
+
+    def _publish(new: _Models, old: _Models | None) -> None:
+        for role in ("champion", "shadow"):
+            was, now = getattr(old, role, None), getattr(new, role)
+            if was is not None and (now is None or now.version != was.version):
+                metrics.model.labels(role, was.version).set(0)
+            if now is not None:
+                metrics.model.labels(role, now.version).set(1)
+
+    _publish(models, None)
+
+    def _swap(new: _Models) -> None:
+        old, live[0] = live[0], new
+        _publish(new, old)
+        log.info(
+            "serving %s v%s (shadow %s), was v%s",
+            new.name,
+            new.champion.version if new.champion else None,
+            new.shadow.version if new.shadow else None,
+            old.champion.version if old.champion else None,
+        )
+
+    # Only models loaded from the deployment record follow it (given backends are the caller's).
+    watcher = DeploymentWatcher(
+        lambda: read_deployment(settings),
+        lambda state: _load_models(settings, state).ordered_for(source),
+        _swap,
+        models.key if backend is None else deployment_key({}),
+        s.reload_interval_s if backend is None else 0,
+    )
     ok_requests = metrics.requests.labels("predict", "200")
     latency = metrics.latency.labels("predict")
     stage_features, stage_model = metrics.stage.labels("features"), metrics.stage.labels("model")
 
-    def _score(x: np.ndarray, requests: int) -> tuple[np.ndarray, ModelBackend, bool]:
-        assert models.champion is not None
+    def _score(m: _Models, x: np.ndarray, requests: int) -> tuple[np.ndarray, ModelBackend, bool]:
+        champion = m.champion
+        assert champion is not None
         try:
-            return models.champion.predict(x), models.champion, False
+            return champion.predict(x), champion, False
         except BackendUnavailable as exc:
             metrics.errors.labels("backend_down").inc(requests)
             if not s.fallback_to_inprocess:
                 raise
             log.warning("model server down, scoring in-process: %s", exc)
-            if not fallback:
-                fallback.append(InProcessBackend.from_repository(settings, models.champion.version))
-            return fallback[0].predict(x), fallback[0], True
+            if champion.version not in fallback:
+                fallback[champion.version] = InProcessBackend.from_repository(settings, champion.version)
+            local = fallback[champion.version]
+            return local.predict(x), local, True
 
     def _after_response(batches: list[LogRows]) -> None:
         """Shadow scores for every queued batch in one model call, then the log."""
-        rows_queued = sum(len(rows) for rows in batches)  # the counters count customers, not batches
-        if models.shadow is not None:
+        m = live[0]
+        shadow = m.shadow
+        # Rows served before a deploy may be in another feature order than this shadow's: not scored.
+        same = [rows for rows in batches if rows.feature_names == m.served_names]
+        rows_queued = sum(len(rows) for rows in same)  # the counters count customers, not batches
+        if shadow is not None and same:
             try:
-                scores = models.shadow.predict(np.concatenate([rows.features for rows in batches]))
+                scores = shadow.predict(np.concatenate([rows.features for rows in same]))
                 metrics.shadow.labels("scored").inc(rows_queued)
             except Exception as exc:
                 scores = None
                 metrics.shadow.labels("failed").inc(rows_queued)
-                log.warning("shadow v%s failed: %s", models.shadow.version, exc)
+                log.warning("shadow v%s failed: %s", shadow.version, exc)
             start = 0
-            for rows in batches:
+            for rows in same:
                 if scores is not None:
-                    rows.columns["shadow_version"] = [models.shadow.version] * len(rows)
+                    rows.columns["shadow_version"] = [shadow.version] * len(rows)
                     rows.columns["shadow_score"] = np.asarray(scores[start : start + len(rows)], np.float64)
                 start += len(rows)
         for rows in batches:
@@ -187,6 +230,9 @@ def create_app(
     def _score_batch(jobs: list[Job]) -> list[Response | HTTPException]:
         """One lookup and one model call for every job; then each job's answer, and one log hand-over."""
         t0 = time.perf_counter()
+        m = live[0]  # this batch is answered wholly by these models, whatever a deploy does meanwhile
+        if m.champion is None:
+            return [HTTPException(503, m.problem or "no model") for _ in jobs]
         ids = [cid for job in jobs for cid in job.ids]
         try:
             rows = guard.get(ids)
@@ -199,9 +245,9 @@ def create_app(
             metrics.errors.labels("feature_store_empty").inc(len(jobs))
             return [HTTPException(503, empty) for _ in jobs]
         t1 = time.perf_counter()
-        x = np.ascontiguousarray(rows.values[:, order])
+        x = np.ascontiguousarray(rows.values[:, m.order])
         try:
-            scores, used, is_fallback = _score(x, len(jobs))
+            scores, used, is_fallback = _score(m, x, len(jobs))
         except BackendUnavailable as exc:
             return [HTTPException(503, f"model server unavailable: {exc}") for _ in jobs]
         t2 = time.perf_counter()
@@ -229,7 +275,7 @@ def create_app(
                 {
                     "customer_id": cid,
                     "score": float(scores[i]),
-                    "model_name": models.name,
+                    "model_name": m.name,
                     "model_version": used.version,
                     "feature_timestamp": rows.timestamps[i],
                     "cold_start": not rows.found[i],
@@ -248,11 +294,11 @@ def create_app(
                 request_ids,
                 dt.datetime.now(dt.UTC),
                 ids,
-                served_names,
+                m.served_names,
                 x,
                 {
                     "score": np.asarray(scores, dtype=np.float64),
-                    "model_name": [models.name] * n,
+                    "model_name": [m.name] * n,
                     "model_version": [used.version] * n,
                     "shadow_version": [None] * n,
                     "shadow_score": [None] * n,
@@ -278,7 +324,9 @@ def create_app(
         # which no request is answered; frozen, a full collection walks only what serving made.
         gc.collect()
         gc.freeze()
+        watcher.start()
         yield
+        watcher.close()
         batcher.close()
         background.close()
         plog.close()
@@ -293,6 +341,7 @@ def create_app(
     app.state.prediction_log = plog
     app.state.metrics = metrics
     app.state.background = background
+    app.state.deployment_watcher = watcher
 
     protected = protected_paths(settings, app)
     if s.auth_required and protected:
@@ -315,13 +364,26 @@ def create_app(
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _invalid_response(request.url.path, exc)
 
+    body_limit = contract.body_limit()
+
+    def before_body(headers: Headers) -> Response | None:
+        """401 from the headers alone: a request without a valid key is never read."""
+        if s.auth_required and not key_ok(headers.get(API_KEY_HEADER, ""), keys):
+            metrics.errors.labels("unauthorized").inc()
+            metrics.requests.labels("predict", "401").inc()
+            return JSONResponse({"detail": f"missing or invalid API key (header {API_KEY_HEADER})"}, 401)
+        return None
+
+    def too_large(size: int) -> Response:
+        metrics.errors.labels("body_too_large").inc()
+        metrics.requests.labels("predict", "413").inc()
+        detail = f"request body over {body_limit} bytes (serving.max_body_bytes); not read past {size}"
+        return JSONResponse({"detail": detail}, 413)
+
     async def answer_predict(raw: bytes, headers: Headers) -> Response:
         """The answer to one POST /predict: 200, or 401/404/413/422/503 with its reason."""
-        if s.auth_required:
-            if not key_ok(headers.get(API_KEY_HEADER, ""), keys):
-                metrics.errors.labels("unauthorized").inc()
-                metrics.requests.labels("predict", "401").inc()
-                return JSONResponse({"detail": f"missing or invalid API key (header {API_KEY_HEADER})"}, 401)
+        if (early := before_body(headers)) is not None:
+            return early
         try:
             body = contract.parse(raw, headers.get("content-type"))
         except RequestValidationError as exc:
@@ -335,9 +397,9 @@ def create_app(
                 raise HTTPException(
                     413, f"batch of {len(ids)} customer ids exceeds the limit of {s.max_batch}"
                 )
-            if models.champion is None:
+            if live[0].champion is None:
                 metrics.errors.labels("no_model").inc()
-                raise HTTPException(503, models.problem or "no model")
+                raise HTTPException(503, live[0].problem or "no model")
             outcome = await batcher.submit(Job(ids, body.single, t0))
             if isinstance(outcome, HTTPException):
                 raise outcome
@@ -358,7 +420,10 @@ def create_app(
         responses={
             401: {"model": ErrorBody, "description": f"missing or invalid API key ({API_KEY_HEADER})"},
             404: {"model": ErrorBody, "description": "unknown customer (serving.unknown_customer = 404)"},
-            413: {"model": ErrorBody, "description": f"more than {s.max_batch} customer ids"},
+            413: {
+                "model": ErrorBody,
+                "description": f"more than {s.max_batch} customer ids, or a body over {body_limit} bytes",
+            },
             422: {"model": ErrorBody, "description": "not a valid request: what is wrong and where"},
             503: {"model": ErrorBody, "description": "the online store or the model server is down"},
         },
@@ -367,13 +432,30 @@ def create_app(
     async def predict(request: Request) -> Response:
         """Score one customer (``customer_id``) or a batch (``customer_ids``)."""
         # What OpenAPI documents; requests are answered by the DirectRoute middleware before
-        # FastAPI's routing, with this same function's answer.
-        return await answer_predict(await request.body(), request.headers)
+        # FastAPI's routing, with this same function's answer (and the same limits, here too).
+        if (early := before_body(request.headers)) is not None:
+            return early
+        if (declared := declared_too_large(request.headers, body_limit)) is not None:
+            return too_large(declared)
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > body_limit:
+                return too_large(len(raw))
+        return await answer_predict(bytes(raw), request.headers)
 
     # Per request, Starlette's and FastAPI's routing, middleware and parameter solving cost
     # more than a batch's feature lookup: /predict skips them.
     # bench_adapters, concurrency 8: 595 us CPU/request vs 646 (plain Starlette Route), 698 (FastAPI route)
-    install_direct_route(app, "POST", "/predict", answer_predict)
+    install_direct_route(
+        app,
+        "POST",
+        "/predict",
+        answer_predict,
+        before_body=before_body,
+        max_body=body_limit,
+        too_large=too_large,
+    )
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -384,10 +466,11 @@ def create_app(
     def readyz() -> JSONResponse:
         """Ready: a champion is loaded and served, and the online store answers."""
         reasons = []
-        if models.champion is None:
-            reasons.append(models.problem or "no model")
-        elif not models.champion.ready():
-            reasons.append(f"model {models.name} v{models.champion.version} not ready on its backend")
+        m = live[0]
+        if m.champion is None:
+            reasons.append(m.problem or "no model")
+        elif not m.champion.ready():
+            reasons.append(f"model {m.name} v{m.champion.version} not ready on its backend")
         try:
             guard.check()
             empty = guard.empty_reason()
@@ -399,9 +482,11 @@ def create_app(
         body = {
             "status": "not ready" if reasons else "ready",
             "online_snapshot": marker.get("as_of") if marker else None,
-            "model_version": models.champion.version if models.champion else None,
-            "shadow_version": models.shadow.version if models.shadow else None,
+            "model_version": m.champion.version if m.champion else None,
+            "shadow_version": m.shadow.version if m.shadow else None,
             "reasons": reasons,
+            # A newer deployment this process could not load (the versions above keep serving).
+            "deployment_problem": watcher.problem,
         }
         return JSONResponse(body, status_code=503 if reasons else 200)
 

@@ -59,10 +59,20 @@ class Contract:
 
     max_batch: int
     max_id_length: int
+    max_body_bytes: int | None = None  # None: body_limit() derives it from the two limits above
 
     @classmethod
     def from_settings(cls, settings: Any) -> Contract:
-        return cls(settings.serving.max_batch, settings.source.max_id_length)
+        s = settings.serving
+        return cls(s.max_batch, settings.source.max_id_length, s.max_body_bytes)
+
+    def body_limit(self) -> int:
+        """Bytes a request body may have: twice what ``max_batch`` ids of ``max_id_length``
+        characters take as JSON with every character escaped (``\\uXXXX``), so a batch a little
+        over the limit still gets the precise 413 on its count; 1 KiB for the rest of the object."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return 1024 + 2 * self.max_batch * (6 * self.max_id_length + 4)
 
     # -- OpenAPI ---------------------------------------------------------------------------
     def id_schema(self) -> dict[str, Any]:

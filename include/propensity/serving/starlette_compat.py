@@ -29,42 +29,96 @@ from starlette.responses import Response
 log = logging.getLogger(__name__)
 
 Answer = Callable[[bytes, Headers], Awaitable[Response]]
+BeforeBody = Callable[[Headers], Response | None]  # an answer from the headers alone (e.g. 401)
+TooLarge = Callable[[int], Response]  # the answer to a body over the limit (its size so far)
+
+
+def declared_too_large(headers: Headers, limit: int | None) -> int | None:
+    """The declared Content-Length when it is over ``limit`` (None: not declared over it)."""
+    declared = headers.get("content-length", "")
+    if limit is not None and declared.isdigit() and int(declared) > limit:
+        return int(declared)
+    return None
 
 
 class DirectRoute:
     """ASGI middleware: one method and path answered by ``answer(body, headers)`` directly.
 
-    Everything else goes on to the app. Unexpected errors propagate to Starlette's
-    ServerErrorMiddleware, outside this one, as a route's would.
+    Before any byte of the body is read, ``before_body(headers)`` may answer (a missing key: 401)
+    and a declared Content-Length over ``max_body`` is answered ``too_large``; while reading, a
+    body that grows past ``max_body`` is answered at once, without reading the rest. Everything
+    else goes on to the app. Unexpected errors propagate to Starlette's ServerErrorMiddleware,
+    outside this one, as a route's would.
     """
 
-    def __init__(self, app: Any, method: str, path: str, answer: Answer) -> None:
+    def __init__(
+        self,
+        app: Any,
+        method: str,
+        path: str,
+        answer: Answer,
+        *,
+        before_body: BeforeBody | None = None,
+        max_body: int | None = None,
+        too_large: TooLarge | None = None,
+    ) -> None:
         self.app, self.method, self.path, self.answer = app, method, path, answer
+        self.before_body, self.max_body = before_body, max_body
+        self.too_large = too_large or (lambda n: Response(f"request body over {max_body} bytes", 413))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != self.method:
             await self.app(scope, receive, send)
             return
-        chunks = []
+        headers = Headers(scope=scope)
+        early = self.before_body(headers) if self.before_body is not None else None
+        if early is None and (declared := declared_too_large(headers, self.max_body)) is not None:
+            early = self.too_large(declared)
+        if early is not None:
+            await early(scope, receive, send)
+            return
+        chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            chunks.append(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if self.max_body is not None and size > self.max_body:
+                await self.too_large(size)(scope, receive, send)
+                return
+            chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        response = await self.answer(b"".join(chunks), Headers(scope=scope))
+        response = await self.answer(b"".join(chunks), headers)
         await response(scope, receive, send)
 
 
-def install_direct_route(app: Any, method: str, path: str, answer: Answer) -> bool:
+def install_direct_route(
+    app: Any,
+    method: str,
+    path: str,
+    answer: Answer,
+    *,
+    before_body: BeforeBody | None = None,
+    max_body: int | None = None,
+    too_large: TooLarge | None = None,
+) -> bool:
     """Answer ``method path`` with :class:`DirectRoute` if the app has the shape it relies on.
 
     Returns whether it did; if not (logged), the app's own route for the path answers.
     """
     problem = direct_route_problem()
     if problem is None:
-        app.add_middleware(DirectRoute, method=method, path=path, answer=answer)
+        app.add_middleware(
+            DirectRoute,
+            method=method,
+            path=path,
+            answer=answer,
+            before_body=before_body,
+            max_body=max_body,
+            too_large=too_large,
+        )
         # Where add_middleware put it: right inside ServerErrorMiddleware, before anything else.
         stack = app.build_middleware_stack()
         inner = getattr(stack, "app", None)

@@ -3,15 +3,12 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from serving_models import make_feast_store, train_booster
+from serving_models import make_feast_store, running_api, train_booster
 
 from propensity.serving.app import create_app
 from propensity.serving.deploy import deploy_model
@@ -32,30 +29,13 @@ CHECKS = (
 @pytest.fixture
 def live_api(make_settings, tmp_path, monkeypatch):
     monkeypatch.setenv("PROPENSITY_API_KEYS", KEY)
-    import uvicorn
-
     settings = make_settings(serving={"repository": str(tmp_path / "models")})
     deploy_model(settings, train_booster(seed=0), 1, "champion")
     source = FeastFeatureSource(
         make_feast_store(tmp_path / "feast", {"17850": [3.0, 12.0, 540.5, 380.0, 0.05]}), "propensity_v1"
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, feature_source=source), host="127.0.0.1", port=port, log_level="error"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running_api(create_app(settings, feature_source=source)) as url:
+        yield url
 
 
 # 413 is how the API refuses more ids than serving.max_batch (the schema's maxItems): a rejection too.

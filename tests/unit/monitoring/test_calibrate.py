@@ -16,7 +16,8 @@ from propensity.core.zones import SNAPSHOTS, VALIDATED_EVENTS
 
 def _calibrate_cli(tmp_path, *args: str) -> dict:
     """``propensity drift-calibrate ARGS`` in the drift venv over ``tmp_path/zones``: its JSON."""
-    env = {**os.environ, "PROPENSITY_ZONE_ROOT": str(tmp_path / "zones")}
+    # PYTHONFAULTHANDLER: a native crash prints every thread's Python stack to stderr (shown below).
+    env = {**os.environ, "PROPENSITY_ZONE_ROOT": str(tmp_path / "zones"), "PYTHONFAULTHANDLER": "1"}
     python = os.environ.get("PROPENSITY_DRIFT_PYTHON", ".venv-drift/bin/python")
     proc = subprocess.run(
         [python, "-m", "propensity.cli", "drift-calibrate", *args],
@@ -24,8 +25,8 @@ def _calibrate_cli(tmp_path, *args: str) -> dict:
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
     )
+    assert proc.returncode == 0, f"drift-calibrate exited {proc.returncode}:\n{proc.stderr[-6000:]}"
     return json.loads(proc.stdout)
 
 
