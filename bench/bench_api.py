@@ -119,7 +119,7 @@ def write_online(store: Any, rows: dict[str, np.ndarray]) -> None:
         cast = int if name in INT_FEATURES else float
         frame[name] = [cast(v[j]) for v in rows.values()]
     # A string field of the service, as in production: stored and read, never fed to the model.
-    frame["country"] = "United Kingdom"
+    frame["country"] = "unknown"
     store.write_to_online_store(FEATURE_VIEW, frame)
 
 

@@ -241,7 +241,10 @@ def write_online_marker(settings: Settings, as_of: dt.date) -> dict[str, Any]:
         snapshot = read_partition(store, *SNAPSHOTS, as_of)
     except FileNotFoundError:  # no snapshot for the date: nothing loaded, nothing to probe
         snapshot = None
-    ids = [] if snapshot is None else snapshot.column(ENTITY_KEY).slice(0, MARKER_CUSTOMERS).to_pylist()
+    # The snapshot's LAST customers: writers go through a snapshot in order, so while an emptied
+    # store is being refilled these are still missing and the API keeps answering 503, not 404s
+    # for the customers not written yet.
+    ids = [] if snapshot is None else snapshot.column(ENTITY_KEY)[-MARKER_CUSTOMERS:].to_pylist()
     marker = {"as_of": as_of.isoformat(), "customers": ids, "online_store": settings.features.online_store}
     store.write_json(marker, *ONLINE_MARKERS, f"{settings.features.feast_project}.json")
     return marker

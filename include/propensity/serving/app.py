@@ -237,7 +237,7 @@ def create_app(
         try:
             rows = guard.get(ids)
             # Nobody found: unknown customers, or a store that lost its contents (then 503, not 404s).
-            empty = guard.empty_reason() if ids and not rows.found.any() else None
+            empty = guard.empty_reason(missed=True) if ids and not rows.found.any() else None
         except FeatureStoreUnavailable as exc:
             metrics.errors.labels("feature_store_down").inc(len(jobs))
             return [HTTPException(503, str(exc)) for _ in jobs]

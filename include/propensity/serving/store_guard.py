@@ -3,8 +3,8 @@ store still holds the snapshot the last materialization wrote (its marker custom
 
 A Redis restarted empty answers every lookup quickly with "not found": without this, every known
 customer would get a 404 "unknown customer" until the next materialization. With it, a lookup that
-finds nobody checks the marker customers (at most once a second) and, when they are gone too, the
-API answers 503 naming the cause; /readyz says not ready for the same reason.
+finds nobody checks the marker customers and, when they are gone too, the API answers 503 naming the
+cause (then once a second, while it stays empty); /readyz says not ready for the same reason.
 """
 
 from __future__ import annotations
@@ -59,10 +59,17 @@ class StoreGuard:
             self._marker = (self.clock(), marker)
         return marker
 
-    def empty_reason(self) -> str | None:
-        """Why the store holds none of the current snapshot (None: it does, or nothing says)."""
+    def empty_reason(self, *, missed: bool = False) -> str | None:
+        """Why the store holds none of the current snapshot (None: it does, or nothing says).
+
+        ``missed``: a lookup just found none of its customers. A verdict "empty" is kept for
+        EMPTY_CHECK_TTL_S (one marker lookup a second while the store is empty), but a verdict "not
+        empty" is not trusted after such a miss: the store may have been emptied since, and a 404
+        "unknown customer" for a known customer is a wrong answer. The marker customers are looked
+        up again, an extra read only on this cold path.
+        """
         at, reason = self._empty
-        if self.clock() - at < EMPTY_CHECK_TTL_S:
+        if self.clock() - at < EMPTY_CHECK_TTL_S and (reason is not None or not missed):
             return reason
         reason = None
         marker = self.marker()
