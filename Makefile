@@ -62,8 +62,8 @@ test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check include dags plugins tests bench feature_repo
-	$(VENV)/bin/ruff format --check include dags plugins tests bench feature_repo
+	$(VENV)/bin/ruff check include dags plugins tests bench feature_repo backends
+	$(VENV)/bin/ruff format --check include dags plugins tests bench feature_repo backends
 
 # Ctrl-C sends SIGINT, which stops standalone's scheduler, api-server and workers together.
 # The admin password lives in a file only its owner reads (0600), created before Airflow would

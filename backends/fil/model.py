@@ -85,7 +85,7 @@ class TritonPythonModel:
         try:
             self.threshold = float(params.get("threshold", "0.5"))
         except ValueError:
-            raise pb_utils.TritonModelException(f"{what}: threshold {params['threshold']!r} is no number")
+            raise pb_utils.TritonModelException(f"{what}: threshold {params['threshold']!r} is no number") from None
         filename = config.get("default_model_filename") or MODEL_FILES[model_type]
         path = Path(args["model_repository"]) / version / filename
         if not path.is_file():
@@ -94,7 +94,8 @@ class TritonPythonModel:
         try:
             booster.load_model(str(path))
         except xgb.core.XGBoostError as exc:
-            raise pb_utils.TritonModelException(f"{what}: cannot load {path}: {exc}") from None
+            reason = str(exc).split("Stack trace:")[0].strip()  # xgboost's own reason, not its C++ frames
+            raise pb_utils.TritonModelException(f"{what}: cannot load {path}: {reason}") from None
         if "cpu_nthread" in params:
             booster.set_param({"nthread": int(params["cpu_nthread"])})
         self.booster = booster
@@ -109,6 +110,15 @@ class TritonPythonModel:
             )
         self.input_name, self.output_name = inputs[0]["name"], outputs[0]["name"]
         self.output_dims = [int(d) for d in outputs[0]["dims"]]
+        learner = json.loads(booster.save_config())["learner"]["learner_model_param"]
+        n_classes = max(2, int(learner.get("num_class", "0")))
+        want = [n_classes] if self.output_class and self.predict_proba else [1]
+        if self.output_dims != want and not (want == [1] and self.output_dims == []):
+            raise pb_utils.TritonModelException(
+                f"{what}: config output dims {self.output_dims}, but this {n_classes}-class model with "
+                f"output_class={str(self.output_class).lower()}, predict_proba="
+                f"{str(self.predict_proba).lower()} answers {want}"
+            )
         if not _announced:
             pb_utils.Logger.log_info(
                 "backend 'fil' is the local stand-in of NVIDIA's FIL backend (backends/fil/model.py, "
