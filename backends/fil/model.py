@@ -85,7 +85,9 @@ class TritonPythonModel:
         try:
             self.threshold = float(params.get("threshold", "0.5"))
         except ValueError:
-            raise pb_utils.TritonModelException(f"{what}: threshold {params['threshold']!r} is no number") from None
+            raise pb_utils.TritonModelException(
+                f"{what}: threshold {params['threshold']!r} is no number"
+            ) from None
         filename = config.get("default_model_filename") or MODEL_FILES[model_type]
         path = Path(args["model_repository"]) / version / filename
         if not path.is_file():
