@@ -173,3 +173,37 @@ def test_the_stand_in_refuses_what_it_does_not_support_with_the_reason(triton, m
         TritonBackend(triton.grpc, "unsupported", 1, timeout_s=60).load()
     assert "stand-in of NVIDIA's FIL backend" in triton.log_path.read_text()
     assert json.loads((triton.repository / "unsupported" / "deployment.json").read_text())["champion"]
+
+
+def test_an_s3_repository_is_deployed_to_and_served_by_triton(s3_server, s3_bucket, tmp_path):
+    """The repository on S3 (moto's server): deploy writes there and Triton loads from there."""
+    from triton_fixtures import TritonHandle, free_ports
+
+    from propensity.core.settings import committed_settings
+    from propensity.serving.triton_server import TritonServer, repository_arg
+
+    handle = TritonHandle(tmp_path / "unused", *free_ports(), tmp_path / "triton.log")
+    serving = {**handle.serving("ons3"), "repository": f"s3://{s3_bucket}/models"}
+    settings = committed_settings(
+        zone_root=str(tmp_path / "zones"), s3_endpoint_url=s3_server, serving=serving
+    )
+    assert repository_arg(settings) == f"s3://{s3_server}/{s3_bucket}/models"
+    champion, challenger = train_booster(seed=0), train_booster(seed=5)
+    # the first deploy finds no server yet: it writes to S3 and the server loads it at start-up
+    offline = committed_settings(
+        zone_root=str(tmp_path / "zones"),
+        s3_endpoint_url=s3_server,
+        serving={**serving, "backend": "inprocess", "triton_url": None},
+    )
+    deploy_model(offline, champion, 1, "champion")
+    with TritonServer(settings, log_path=handle.log_path) as server:
+        assert server.load == ["ons3"]
+        record = deploy_model(settings, challenger, 2, "shadow")
+        assert record["repository"] == f"s3://{s3_bucket}/models/ons3"
+        assert record["parity_max_abs_diff"] <= 1e-6
+        states = {m["version"]: m["state"] for m in repository_index(handle.http) if m["name"] == "ons3"}
+        assert states == {"1": "READY", "2": "READY"}
+        x = parity_sample(champion, 20, seed=9)
+        np.testing.assert_allclose(
+            TritonBackend(handle.grpc, "ons3", 1).predict(x), champion.inplace_predict(x), atol=1e-6, rtol=0
+        )
