@@ -207,3 +207,18 @@ def test_an_s3_repository_is_deployed_to_and_served_by_triton(s3_server, s3_buck
         np.testing.assert_allclose(
             TritonBackend(handle.grpc, "ons3", 1).predict(x), champion.inplace_predict(x), atol=1e-6, rtol=0
         )
+
+
+def test_a_server_that_cannot_start_fails_with_its_own_log(tmp_path):
+    from triton_fixtures import TritonHandle, free_ports
+
+    from propensity.core.settings import committed_settings
+    from propensity.serving.triton_server import TritonServer, TritonStartError
+
+    handle = TritonHandle(tmp_path / "models", *free_ports(), tmp_path / "triton.log")
+    handle.repository.mkdir()
+    settings = committed_settings(zone_root=str(tmp_path / "zones"), serving=handle.serving("absent"))
+    server = TritonServer(settings, load=["absent"], log_path=handle.log_path)
+    with pytest.raises(TritonStartError, match=r"(?s)tritonserver exited with code \d+.*absent"):
+        server.start()
+    assert server.proc is not None and server.proc.poll() is not None
