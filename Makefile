@@ -109,5 +109,5 @@ triton: setup venv-triton
 # bench_api needs Redis on 127.0.0.1:6379. BENCH_ARGS: e.g. --only api,drift --timeout 600
 BENCH_ARGS ?= --timeout 900
 .PHONY: bench
-bench: setup
+bench: setup venv-triton
 	$(PY) bench/run_all.py $(BENCH_ARGS)
