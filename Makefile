@@ -26,6 +26,7 @@ help:
 	@echo "make test     set up and run every test"
 	@echo "make airflow  Airflow UI on :8080 with this repo's DAGs (Ctrl-C stops it)"
 	@echo "make serve    prediction API on :8000 (needs a deployed champion: make demo)"
+	@echo "make triton   Triton Inference Server on the configured ports (Ctrl-C stops it)"
 	@echo "make mlflow   MLflow UI on :5000 over the local tracking store"
 	@echo "make lint     ruff"
 
@@ -51,18 +52,18 @@ airflow-db: venv
 
 setup: venv venv-drift airflow-db
 
-demo: setup
+demo: setup venv-triton
 	$(PY) -m propensity.cli demo
 
-test: setup venv-mlserver
+test: setup venv-triton
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check include dags plugins tests bench feature_repo
-	$(VENV)/bin/ruff format --check include dags plugins tests bench feature_repo
+	$(VENV)/bin/ruff check include dags plugins tests bench feature_repo backends
+	$(VENV)/bin/ruff format --check include dags plugins tests bench feature_repo backends
 
 # Ctrl-C sends SIGINT, which stops standalone's scheduler, api-server and workers together.
 # The admin password lives in a file only its owner reads (0600), created before Airflow would
@@ -84,19 +85,29 @@ mlflow: venv
 clean:
 	rm -rf data logs airflow.db simple_auth_manager_passwords.json.generated
 
-# Test-only MLServer venv (a real KServe V2 server standing in for Triton in the tritonclient tests).
-MLSERVER_VENV := $(ROOT)/.venv-mlserver
-$(MLSERVER_VENV)/.installed: requirements-mlserver.txt constraints-mlserver.txt
-	@test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
-	$(MLSERVER_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip==25.3
-	$(MLSERVER_VENV)/bin/python -m pip install $(PIP_FLAGS) -r requirements-mlserver.txt -c constraints-mlserver.txt
+# Triton Inference Server (tritonserver 2.51.0 from NVIDIA's PyTriton wheel, CPU, no container):
+# its own venv (numpy<2), the Python backend stub copied inside the wheel's tree (elsewhere its
+# rpath breaks) and the repo's FIL stand-in backend (backends/fil/model.py) beside it.
+TRITON_VENV := $(ROOT)/.venv-triton
+TRITON_SERVER_DIR = $(TRITON_VENV)/lib/python3.11/site-packages/pytriton/tritonserver
+$(TRITON_VENV)/.installed: requirements-triton.txt constraints-triton.txt backends/fil/model.py
+	@test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip==25.3
+	$(TRITON_VENV)/bin/python -m pip install $(PIP_FLAGS) -r requirements-triton.txt -c constraints-triton.txt
+	install -m 0755 $(TRITON_SERVER_DIR)/python_backend_stubs/3.11/triton_python_backend_stub $(TRITON_SERVER_DIR)/backends/python/
+	install -d $(TRITON_SERVER_DIR)/backends/fil
+	install -m 0644 backends/fil/model.py $(TRITON_SERVER_DIR)/backends/fil/model.py
 	touch $@
-.PHONY: venv-mlserver
-venv-mlserver: $(MLSERVER_VENV)/.installed
+.PHONY: venv-triton triton
+venv-triton: $(TRITON_VENV)/.installed
+
+# Triton in the foreground on the configured ports, serving the configured repository (Ctrl-C stops it).
+triton: setup venv-triton
+	$(PY) -m propensity.serving.triton_server
 
 # Every bench/bench_*.py (ours vs a peer, one run each), then one table in bench/RESULTS.md.
 # bench_api needs Redis on 127.0.0.1:6379. BENCH_ARGS: e.g. --only api,drift --timeout 600
 BENCH_ARGS ?= --timeout 900
 .PHONY: bench
-bench: setup
+bench: setup venv-triton
 	$(PY) bench/run_all.py $(BENCH_ARGS)

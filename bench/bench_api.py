@@ -7,6 +7,12 @@ FeatureService), scoring the deployed champion in-process, logging the request. 
 runs the model: the client sends it the features inline. Goals (issue 6): p99 <= 10 ms at
 concurrency 8, and throughput >= 2x the peer's.
 
+Ours through Triton (issue 17): the same API with ``serving.backend: triton``, scoring on a real
+Triton Inference Server (propensity.serving.triton_server, gRPC, the FIL stand-in backend) that
+serves the same repository. Goals: p99 <= 10 ms at concurrency 8, throughput >= 5x the peer's.
+Triton alone: tritonclient gRPC requests of 1 and 64 rows, one at a time, against the peer's
+answers to the same rows sent inline.
+
 The load generator is the same for both: a closed loop of ``concurrency`` keep-alive
 connections on one asyncio event loop (uvloop where installed) in this process, each sending
 its next request as soon as the previous answer is in. Requests are pre-built bytes and answers
@@ -58,6 +64,7 @@ REDIS = os.environ.get("BENCH_REDIS", "127.0.0.1:6379")
 REDIS_DB = 14  # away from the tests' db 0; the project's keys are torn down at the end
 P99_GOAL_MS = 10.0
 THROUGHPUT_GOAL = 2.0
+TRITON_THROUGHPUT_GOAL = 5.0
 
 
 def free_port() -> int:
@@ -297,6 +304,40 @@ def split_of(result: dict) -> dict[str, float]:
     }
 
 
+def peak_rss_mb(proc: subprocess.Popen | None) -> float | None:
+    """The process's peak resident memory (VmHWM), MB; None once it has exited."""
+    try:
+        text = Path(f"/proc/{proc.pid}/status").read_text() if proc else ""
+    except OSError:
+        return None
+    found = re.search(r"^VmHWM:\s+(\d+) kB", text, re.M)
+    return int(found.group(1)) / 1024 if found else None
+
+
+def triton_alone(url: str, model: str, x: np.ndarray, rows: int, n: int) -> dict:
+    """``n`` tritonclient gRPC requests of ``rows`` rows, one at a time: ms per request, rows/s."""
+    import tritonclient.grpc as tg
+
+    client = tg.InferenceServerClient(url)
+    inputs = []
+    for i in range(min(n, 200)):
+        inp = tg.InferInput("input__0", [rows, x.shape[1]], "FP32")
+        inp.set_data_from_numpy(np.ascontiguousarray(x[np.arange(i * rows, (i + 1) * rows) % len(x)]))
+        inputs.append(inp)
+    outputs = [tg.InferRequestedOutput("output__0")]
+    for inp in inputs[:50]:  # warm
+        client.infer(model, [inp], model_version="1", outputs=outputs)
+    lat = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        t = time.perf_counter()
+        client.infer(model, [inputs[i % len(inputs)]], model_version="1", outputs=outputs)
+        lat.append((time.perf_counter() - t) * 1e3)
+    wall = time.perf_counter() - t0
+    q = np.percentile(lat, [50, 99])
+    return {"p50": float(q[0]), "p99": float(q[1]), "rows_s": n * rows / wall}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -329,7 +370,21 @@ def main() -> int:
     settings = Settings()  # type: ignore[call-arg]
 
     booster, rows = make_model_and_features(MODEL_FEATURES)
-    deploy_model(settings, booster, 1, "champion")
+    deploy_model(settings, booster, 1, "champion")  # no server yet: Triton loads it at start-up
+    from propensity.serving.triton_server import TritonServer
+
+    t_http, t_grpc, t_metrics = free_port(), free_port(), free_port()
+    triton_env = {
+        "PROPENSITY_SERVING__BACKEND": "triton",
+        "PROPENSITY_SERVING__TRITON_PROTOCOL": "grpc",
+        "PROPENSITY_SERVING__TRITON_HTTP_PORT": str(t_http),
+        "PROPENSITY_SERVING__TRITON_GRPC_PORT": str(t_grpc),
+        "PROPENSITY_SERVING__TRITON_METRICS_PORT": str(t_metrics),
+    }
+    t_serving = settings.serving.model_copy(
+        update={"triton_http_port": t_http, "triton_grpc_port": t_grpc, "triton_metrics_port": t_metrics}
+    )
+    triton = TritonServer(settings.model_copy(update={"serving": t_serving}), log_path=work / "triton.log")
     store = feature_store(settings, apply=True)
     write_online(store, rows)
 
@@ -355,12 +410,35 @@ def main() -> int:
         for cid in pick
     ]
     api_port, mlflow_port = free_port(), free_port()
-    api = peer = None
-    results: dict[str, dict[int, dict]] = {"ours": {}, "peer": {}}
+    api = api_t = peer = None
+    results: dict[str, dict[int, dict]] = {"ours": {}, "triton": {}, "peer": {}}
+    api_t_port = free_port()
+    x_all = np.stack([rows[cid] for cid in ids]).astype(np.float32)
+    peer64 = [
+        json.dumps(
+            {
+                "dataframe_split": {
+                    "columns": list(MODEL_FEATURES),
+                    "data": x_all[i * 64 : (i + 1) * 64].tolist(),
+                }
+            }
+        ).encode()
+        for i in range(min(args.requests // 4, len(ids) // 64))
+    ]
+    alone: dict[str, dict] = {}
+    rss: dict[str, float | None] = {}
     batching: dict[int, float] = {}
     load_avg = [os.getloadavg()]
     pressure = [cpu_pressure()]
     try:
+        triton.start()
+        api_t = subprocess.Popen(
+            [PY, "-m", "propensity.cli", "serve"],
+            env={**env, **triton_env, "PROPENSITY_SERVING__PORT": str(api_t_port)},
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / "api_triton.log", "wb"),
+        )
         api = subprocess.Popen(
             [PY, "-m", "propensity.cli", "serve"],
             env={**env, "PROPENSITY_SERVING__PORT": str(api_port)},
@@ -390,6 +468,7 @@ def main() -> int:
             stderr=open(work / "mlflow.log", "wb"),
         )
         wait_http(api_port, "/readyz", api)
+        wait_http(api_t_port, "/readyz", api_t)
         wait_http(mlflow_port, "/ping", peer)
         ours_h = {"content-type": "application/json", "X-API-Key": KEY}
         peer_h = {"content-type": "application/json"}
@@ -402,24 +481,51 @@ def main() -> int:
         peer_score = json.loads(conn.getresponse().read())["predictions"][0]
         if abs(ours_score - peer_score) > 1e-6:
             raise RuntimeError(f"the two servers disagree: {ours_score} vs {peer_score}")
+        conn = http.client.HTTPConnection("127.0.0.1", api_t_port)
+        conn.request("POST", "/predict", body=ours_bodies[0], headers=ours_h)
+        answer = json.loads(conn.getresponse().read())
+        if abs(answer["score"] - peer_score) > 1e-6 or answer["model_version"] != "1":
+            raise RuntimeError(f"the API through Triton disagrees: {answer} vs {peer_score}")
         ours_reqs = [http_request("/predict", b, ours_h) for b in ours_bodies]
         peer_reqs = [http_request("/invocations", b, peer_h) for b in peer_bodies]
         for c in (1, 8):
             warm = min(200, args.requests)
             load(api_port, ours_reqs[:warm], c)
+            load(api_t_port, ours_reqs[:warm], c)
             load(mlflow_port, peer_reqs[:warm], c)
-            ours_rounds, peer_rounds = [], []
+            ours_rounds, triton_rounds, peer_rounds = [], [], []
             before = batch_counts(api_port)
             for _ in range(args.rounds):
                 ours_rounds.append(load(api_port, ours_reqs, c))
+                triton_rounds.append(load(api_t_port, ours_reqs, c))
                 peer_rounds.append(load(mlflow_port, peer_reqs, c))
             after = batch_counts(api_port)
             batching[c] = (after[1] - before[1]) / max(after[0] - before[0], 1)
             results["ours"][c], results["peer"][c] = pooled(ours_rounds), pooled(peer_rounds)
+            results["triton"][c] = pooled(triton_rounds)
             load_avg.append(os.getloadavg())
             pressure.append(cpu_pressure())
+        alone["1"] = triton_alone(triton.grpc_url, settings.serving.model_name, x_all, 1, args.requests)
+        alone["64"] = triton_alone(
+            triton.grpc_url, settings.serving.model_name, x_all, 64, max(len(peer64), 1) * 2
+        )
+        load(mlflow_port, [http_request("/invocations", b, peer_h) for b in peer64[:20]], 1)
+        p64 = load(mlflow_port, [http_request("/invocations", b, peer_h) for b in peer64], 1)
+        alone["peer64"] = {
+            "p50": float(np.percentile(p64["lat"], 50)),
+            "p99": float(np.percentile(p64["lat"], 99)),
+            "rows_s": len(p64["lat"]) * 64 / p64["wall"],
+        }
+        rss = {
+            "ours": peak_rss_mb(api),
+            "ours via Triton": peak_rss_mb(api_t),
+            "tritonserver": peak_rss_mb(triton.proc),
+            "peer": peak_rss_mb(peer),
+        }
     finally:
         stop(api)
+        stop(api_t)
+        triton.stop()
         stop(peer)
         try:
             store.teardown()  # removes this project's keys from Redis
@@ -444,12 +550,24 @@ def main() -> int:
             "after c=1, after c=8: " + "; ".join(f"{x:.0f}%" for x in pressure if x is not None)
         )
     print()
+    print("ours via Triton: the same API, serving.backend triton (gRPC to tritonserver 2.51.0, FIL stand-in)")
     print(f"{'server':<8}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}   p99 per round")
-    for who in ("ours", "peer"):
+    for who in ("ours", "triton", "peer"):
         for c in (1, 8):
             r = results[who][c]
             per_round = " ".join(f"{x:.1f}" for x in r["rounds_p99"])
             print(f"{who:<8}{c:>5}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['rps']:>9.0f}   {per_round}")
+    print("\nTriton alone (tritonclient gRPC, one request at a time) vs the peer (same rows inline):")
+    print(f"{'rows':<16}{'p50 ms':>9}{'p99 ms':>9}{'rows/s':>10}")
+    p1 = results["peer"][1]
+    for label, r in (
+        ("triton 1", alone["1"]),
+        ("peer 1", {"p50": p1["p50"], "p99": p1["p99"], "rows_s": p1["rps"]}),
+        ("triton 64", alone["64"]),
+        ("peer 64", alone["peer64"]),
+    ):
+        print(f"{label:<16}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['rows_s']:>10.0f}")
+    print("peak RSS (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items() if v is not None))
     for c in (1, 8):
         s = split_of(results["ours"][c])
         print(
@@ -486,6 +604,54 @@ def main() -> int:
             "goal": None,
             "met": None,
             "unit": "ms",
+        },
+    ]
+    t8, t1 = results["triton"][8], results["triton"][1]
+    lines += [
+        {
+            "figure": "API via Triton p99 latency, 1 customer, concurrency 8",
+            "ours": round(t8["p99"], 2),
+            "peer": round(p8["p99"], 2),
+            "ratio": round(t8["p99"] / p8["p99"], 2),
+            "goal": f"ours <= {P99_GOAL_MS:g} ms",
+            "met": t8["p99"] <= P99_GOAL_MS,
+            "unit": "ms",
+        },
+        {
+            "figure": "API via Triton throughput, 1 customer, concurrency 8",
+            "ours": round(t8["rps"], 1),
+            "peer": round(p8["rps"], 1),
+            "ratio": round(t8["rps"] / p8["rps"], 2),
+            "goal": f"ratio >= {TRITON_THROUGHPUT_GOAL:g}",
+            "met": t8["rps"] / p8["rps"] >= TRITON_THROUGHPUT_GOAL,
+            "unit": "req/s",
+        },
+        {
+            "figure": "API via Triton p50 latency, 1 customer, concurrency 1",
+            "ours": round(t1["p50"], 2),
+            "peer": round(results["peer"][1]["p50"], 2),
+            "ratio": round(t1["p50"] / results["peer"][1]["p50"], 2),
+            "goal": None,
+            "met": None,
+            "unit": "ms",
+        },
+        {
+            "figure": "Triton alone (tritonclient gRPC) p50, 1 row",
+            "ours": round(alone["1"]["p50"], 3),
+            "peer": round(results["peer"][1]["p50"], 3),
+            "ratio": round(alone["1"]["p50"] / results["peer"][1]["p50"], 3),
+            "goal": None,
+            "met": None,
+            "unit": "ms",
+        },
+        {
+            "figure": "Triton alone (tritonclient gRPC) throughput, 64 rows per request",
+            "ours": round(alone["64"]["rows_s"], 0),
+            "peer": round(alone["peer64"]["rows_s"], 0),
+            "ratio": round(alone["64"]["rows_s"] / alone["peer64"]["rows_s"], 2),
+            "goal": None,
+            "met": None,
+            "unit": "rows/s",
         },
     ]
     for line in lines:

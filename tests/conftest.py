@@ -31,6 +31,9 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 # py4j logs from finalizers after pytest has closed its streams: keep it to warnings.
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
+# The session's Triton Inference Server (``triton``) and its helpers.
+pytest_plugins = ["triton_fixtures"]
+
 REAL_DATA = (ROOT / ".." / "shared" / "data" / "online_retail" / "online_retail.csv.gz").resolve()
 
 

@@ -322,6 +322,40 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PROPENSITY_SOURCE__PATH"] = source_path
         get_settings.cache_clear()
         settings = get_settings()
+    # Served through Triton for the whole demo: the DAGs deploy into it and the API calls it
+    # (PROPENSITY_SERVING__BACKEND=inprocess runs the demo without it).
+    os.environ.setdefault("PROPENSITY_SERVING__BACKEND", "triton")
+    get_settings.cache_clear()
+    settings = get_settings()
+    triton = None
+    if settings.serving.backend == "triton":
+        from propensity.serving.triton_server import TritonServer
+
+        triton = TritonServer(settings, log_path=Path(log_file()).with_name("triton.log"))
+        print(f"Triton: starting {triton.command()[0]} (log {triton.log_path})", flush=True)
+        triton.start()
+        print(f"Triton: ready, gRPC {triton.grpc_url}, HTTP {triton.http_url}", flush=True)
+    try:
+        return _steps(args, settings, triton)
+    finally:
+        if triton is not None:
+            triton.stop()
+            print("Triton: stopped", flush=True)
+
+
+def print_triton_index(triton) -> None:
+    """What Triton itself says it serves."""
+    if triton is None:
+        return
+    from propensity.serving.triton_server import repository_index
+
+    print(f"  Triton repository index ({triton.http_url}):")
+    for m in repository_index(triton.http_url):
+        reason = f"  ({m['reason'][:80]})" if m["reason"] else ""
+        print(f"    {m['name']} v{m['version']}: {m['state']}{reason}")
+
+
+def _steps(args: argparse.Namespace, settings, triton) -> int:
     total_started = time.monotonic()
     print(
         f"source: {settings.source.path}\nzones:  {settings.zone_root}\nAirflow task logs: {log_file()}",
@@ -391,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
 
         champ = champion_summary(settings)
         summary["first_champion"] = champ
+        print_triton_index(triton)
         print(
             f"  champion v{champ.get('champion')}: eval AUC {champ.get('eval_auc', float('nan')):.4f} | recency baseline {champ.get('baseline_recency_auc', float('nan')):.4f} | frequency baseline {champ.get('baseline_frequency_auc', float('nan')):.4f}"
         )
@@ -434,6 +469,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         unknown = answers[-1]
         print(f"    POST /predict no-such-customer: HTTP {unknown['status']}")
+        where = (
+            f"Triton ({settings.serving.triton_protocol} {settings.serving.triton_url})"
+            if triton
+            else "in-process"
+        )
+        print(f"    answered by {where}, model version(s) {sorted({a['model_version'] for a in ok})}")
         lat = sorted(a["ms"] for a in ok)
         summary["serve"] = {
             "requests": len(answers),
@@ -497,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     champ = champion_summary(settings)
     summary["final_champion"] = champ
     print_summary(settings, summary)
+    print_triton_index(triton)
     out = Path(settings.zone_root, *DEMO_REPORTS, "demo_summary.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str))

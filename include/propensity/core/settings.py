@@ -284,19 +284,23 @@ class ServingSettings(BaseModel):
     model_name: str = "propensity"
     # Triton model repository: a folder (relative to the project home) or s3://bucket/prefix.
     repository: str = "models"
-    # inprocess: xgboost loads the repository's model file; triton: a KServe V2 server over tritonclient.
+    # inprocess: xgboost loads the repository's file; triton: Triton Inference Server (tritonclient) at
+    # triton_url (host:port of its gRPC/HTTP endpoint; None: no server, but triton_host's with triton)
     backend: Literal["inprocess", "triton"] = "inprocess"
-    triton_url: str | None = None  # host:port of the server's HTTP or gRPC endpoint; None: no server
-    triton_protocol: Literal["http", "grpc"] = "http"
-    # Which KServe V2 server answers: the real Triton FIL backend, or MLServer (tests only).
-    server_flavor: Literal["triton", "mlserver"] = "triton"
-    request_timeout_s: float = 1.0
+    triton_url: str | None = None
+    triton_protocol: Literal["http", "grpc"] = "grpc"
+    triton_host: str = "127.0.0.1"
+    triton_http_port: int = 8100
+    triton_grpc_port: int = 8101
+    triton_metrics_port: int = 8102
+    triton_start_timeout_s: float = 120.0  # propensity.serving.triton_server: up, models loaded
+    request_timeout_s: float = 0.09  # one inference call (connect and answer), within the 100 ms SLA
     # The online store, as the API reads it: each read gives up after this (connect and read), and
     # after breaker_failures failed lookups in a row the API answers 503 at once for breaker_reset_s.
     feature_timeout_s: float = 0.05
     breaker_failures: int = 3
     breaker_reset_s: float = 1.0
-    ready_timeout_s: float = 60.0
+    ready_timeout_s: float = 60.0  # a deploy's load_model until the version is READY
     # Triton config (models/config.pbtxt.tmpl)
     max_batch_size: int = 32768
     instance_count: int = 1
@@ -332,6 +336,13 @@ class ServingSettings(BaseModel):
     @classmethod
     def _absolute_repository(cls, v: str) -> str:
         return resolve_path(v)
+
+    @model_validator(mode="after")
+    def _triton_server_address(self) -> ServingSettings:
+        if self.backend == "triton" and not self.triton_url:
+            port = self.triton_grpc_port if self.triton_protocol == "grpc" else self.triton_http_port
+            self.triton_url = f"{self.triton_host}:{port}"
+        return self
 
 
 class DriftSettings(BaseModel):

@@ -1,26 +1,20 @@
-"""Model backends behind one small interface: in-process xgboost, or a KServe V2 server.
+"""Model backends behind one small interface: in-process xgboost, or Triton Inference Server.
 
 Every backend answers the positive-class probability, one float per row, for a float32
 feature matrix whose columns are in the model's training order. Both read the same model
 file: ``<repository>/<model_name>/<version>/xgboost.json`` (Triton's FIL layout).
-
-The differences between Triton (FIL backend) and MLServer (its XGBoost runtime, used to
-test the client path here because Triton needs a container) live in one place:
-:class:`ServerAdapter`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import xgboost as xgb
 
-from propensity.serving.manifest import MODEL_FILE, read_model_bytes
+from propensity.serving.manifest import read_model_bytes
 
 if TYPE_CHECKING:
     from propensity.core.settings import Settings
@@ -96,59 +90,35 @@ class InProcessBackend:
         return True
 
 
-@dataclass(frozen=True)
-class ServerAdapter:
-    """Everything that differs between Triton's FIL backend and MLServer's XGBoost runtime."""
-
-    flavor: str
-    input_name: str
-    output_name: str
-    # Triton answers in binary tensors (faster); MLServer's REST API speaks JSON tensors only.
-    binary_data: bool
-    extra_version_files: dict[str, str] = field(default_factory=dict)
-
-    def probabilities(self, output: np.ndarray) -> np.ndarray:
-        """Positive-class probability per row, whatever shape the server answered in.
-
-        FIL with predict_proba answers [n, 2] (column 1 is the positive class); MLServer's
-        runtime loads a Booster-saved model as a regressor whose ``predict`` is already the
-        probability, [n] or [n, 1].
-        """
-        out = np.asarray(output, dtype=np.float64)
-        if out.ndim == 2 and out.shape[1] == 2:
-            return out[:, 1]
-        return out.reshape(-1)
-
-    def carries_nan(self, protocol: str) -> bool:
-        """Whether missing features (NaN) reach the server: JSON has no NaN, binary tensors do."""
-        return protocol == "grpc" or self.binary_data
-
-    def version_files(self, model_name: str, version: str | int) -> dict[str, bytes]:
-        """Files the server needs beside the model file in a version folder."""
-        if self.flavor != "mlserver":
-            return {}
-        # MLServer finds models by their model-settings.json; the uri is relative to this file.
-        ms = {
-            "name": model_name,
-            "implementation": "mlserver_xgboost.XGBoostModel",
-            "parameters": {"uri": f"./{MODEL_FILE}", "version": str(version)},
-        }
-        return {"model-settings.json": json.dumps(ms, indent=2).encode()}
+# Triton's FIL backend: one FP32 input [n, features]; with output_class and predict_proba, one
+# probability per class ([n, 2], the positive class in column 1), as models/config.pbtxt.tmpl says.
+INPUT_NAME = "input__0"
+OUTPUT_NAME = "output__0"
+# A gRPC channel whose server went away retries its connection with an exponential backoff (up to
+# 120 s by default): capped so that the API recovers within a second of Triton's return.
+GRPC_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),  # tritonclient's defaults (channel_args replace them)
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 
-TRITON = ServerAdapter(flavor="triton", input_name="input__0", output_name="output__0", binary_data=True)
-MLSERVER = ServerAdapter(flavor="mlserver", input_name="input-0", output_name="predict", binary_data=False)
-
-
-def adapter_for(flavor: str) -> ServerAdapter:
-    try:
-        return {"triton": TRITON, "mlserver": MLSERVER}[flavor]
-    except KeyError:
-        raise ValueError(f"unknown model server flavor {flavor!r}: expected 'triton' or 'mlserver'") from None
+def positive_class(output: np.ndarray) -> np.ndarray:
+    """Positive-class probability per row: column 1 of FIL's [n, 2] predict_proba, else the output."""
+    out = np.asarray(output, dtype=np.float64)
+    if out.ndim == 2 and out.shape[1] == 2:
+        return out[:, 1]
+    return out.reshape(-1)
 
 
 class TritonBackend:
-    """A model version served by a KServe V2 server (Triton or MLServer), through tritonclient."""
+    """A model version served by Triton Inference Server (KServe V2), through tritonclient.
+
+    ``version`` is the version Triton's last answer on this thread came from (Triton names it in
+    every response), else the version asked for: the API reports what really scored.
+    """
 
     def __init__(
         self,
@@ -156,8 +126,7 @@ class TritonBackend:
         model_name: str,
         version: str | int,
         *,
-        protocol: str = "http",
-        adapter: ServerAdapter = TRITON,
+        protocol: str = "grpc",
         timeout_s: float = 1.0,
     ) -> None:
         if protocol not in ("http", "grpc"):
@@ -166,9 +135,8 @@ class TritonBackend:
         self.model_name = model_name
         self._version = str(version)
         self.protocol = protocol
-        self.adapter = adapter
         self.timeout_s = timeout_s
-        # tritonclient's HTTP client is not thread-safe: one client per thread.
+        # tritonclient's HTTP client is not thread-safe: one client per thread (gRPC's too, cheaply).
         self._local = threading.local()
 
     @classmethod
@@ -184,28 +152,24 @@ class TritonBackend:
             s.model_name,
             version,
             protocol=s.triton_protocol,
-            adapter=adapter_for(s.server_flavor),
             timeout_s=s.request_timeout_s if timeout_s is None else timeout_s,
         )
 
     @property
     def version(self) -> str:
-        return self._version
+        return getattr(self._local, "answered", None) or self._version
 
     @property
     def client(self) -> Any:
         c = getattr(self._local, "client", None)
         if c is None:
+            tc = self._module()
             if self.protocol == "grpc":
-                import tritonclient.grpc as tc
+                c = tc.InferenceServerClient(url=self.url, channel_args=GRPC_CHANNEL_ARGS)
             else:
-                import tritonclient.http as tc  # type: ignore[no-redef]
-            kwargs = (
-                {}
-                if self.protocol == "grpc"
-                else {"connection_timeout": self.timeout_s, "network_timeout": self.timeout_s}
-            )
-            c = tc.InferenceServerClient(url=self.url, **kwargs)
+                c = tc.InferenceServerClient(
+                    url=self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+                )
             self._local.client = c
         return c
 
@@ -218,20 +182,15 @@ class TritonBackend:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         x = to_feature_matrix(features)
-        if not self.adapter.carries_nan(self.protocol) and np.isnan(x).any():
-            raise ValueError(
-                f"{self.adapter.flavor} over {self.protocol} sends JSON tensors, which cannot carry missing "
-                "features (NaN): use gRPC"
-            )
         tc = self._module()
-        inp = tc.InferInput(self.adapter.input_name, list(x.shape), "FP32")
-        out_kwargs: dict[str, Any] = {}
+        inp = tc.InferInput(INPUT_NAME, list(x.shape), "FP32")
+        # Binary tensors over HTTP too: exact floats, and NaN (a missing feature) travels as such.
         if self.protocol == "http":
-            inp.set_data_from_numpy(x, binary_data=self.adapter.binary_data)
-            out_kwargs["binary_data"] = self.adapter.binary_data
+            inp.set_data_from_numpy(x, binary_data=True)
+            outputs = [tc.InferRequestedOutput(OUTPUT_NAME, binary_data=True)]
         else:
             inp.set_data_from_numpy(x)
-        outputs = [tc.InferRequestedOutput(self.adapter.output_name, **out_kwargs)]
+            outputs = [tc.InferRequestedOutput(OUTPUT_NAME)]
         try:
             if self.protocol == "grpc":
                 result = self.client.infer(
@@ -241,41 +200,51 @@ class TritonBackend:
                     outputs=outputs,
                     client_timeout=self.timeout_s,
                 )
+                answered = result.get_response().model_version
             else:
                 result = self.client.infer(
                     self.model_name, [inp], model_version=self._version, outputs=outputs
                 )
+                answered = result.get_response().get("model_version")
         except Exception as exc:  # tritonclient raises its own and socket errors alike
             raise BackendUnavailable(
-                f"{self.adapter.flavor} at {self.url} ({self.protocol}) failed to score "
+                f"Triton at {self.url} ({self.protocol}) failed to score "
                 f"{self.model_name} v{self._version}: {exc}"
             ) from exc
-        out = result.as_numpy(self.adapter.output_name)
+        out = result.as_numpy(OUTPUT_NAME)
         if out is None:
-            raise BackendUnavailable(f"{self.url} answered without output {self.adapter.output_name!r}")
-        probs = self.adapter.probabilities(out)
+            raise BackendUnavailable(f"Triton at {self.url} answered without output {OUTPUT_NAME!r}")
+        probs = positive_class(out)
         if probs.shape[0] != x.shape[0]:
-            raise BackendUnavailable(f"{self.url} answered {probs.shape[0]} scores for {x.shape[0]} rows")
+            raise BackendUnavailable(
+                f"Triton at {self.url} answered {probs.shape[0]} scores for {x.shape[0]} rows"
+            )
+        self._local.answered = str(answered) if answered else None
         return probs
 
     def ready(self) -> bool:
         try:
-            return bool(self.client.is_model_ready(self.model_name, self._version))
+            kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+            return bool(self.client.is_model_ready(self.model_name, self._version, **kwargs))
         except Exception as exc:
-            log.warning("model server %s not ready: %s", self.url, exc)
+            log.warning("Triton at %s not ready: %s", self.url, exc)
             return False
 
     # -- model control (explicit mode) ----------------------------------------------------
     def load(self) -> None:
-        """Ask the server to (re)load the model from its repository."""
+        """Ask the server to (re)load the model from its repository; Triton's reason on failure."""
         try:
-            self.client.load_model(self.model_name)
+            kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+            self.client.load_model(self.model_name, **kwargs)
         except Exception as exc:
-            raise BackendUnavailable(f"{self.url} refused to load {self.model_name}: {exc}") from exc
+            raise BackendUnavailable(
+                f"Triton at {self.url} refused to load {self.model_name}: {exc}"
+            ) from exc
 
     def server_live(self) -> bool:
         try:
-            return bool(self.client.is_server_live())
+            kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+            return bool(self.client.is_server_live(**kwargs))
         except Exception:
             return False
 

@@ -7,11 +7,13 @@ Layout (what Triton's FIL backend reads, in a folder or on S3)::
     <repository>/<model_name>/deployment.json       which version is champion / shadow (ours;
                                                     Triton ignores files it does not know)
 
-A deploy writes the version's file and the config (each atomically), asks the server to load
-the model where one is configured, waits until the version is ready, and compares what is
-served with the source booster on a fixed sample. Only then does ``deployment.json`` move,
-so on any failure the previous config is written back, the previous version stays live, and
-:class:`DeployError` carries the reason and the audit record.
+A deploy writes the version's file (one file, written atomically: the version folder holds it
+whole or not at all), checks what landed against the model's sha256, writes the config, asks
+Triton to load the model where a server is configured (``serving.triton_url``, or
+``serving.backend: triton``), waits until the version is READY, and compares what Triton answers
+with the source booster on the parity rows. Only then does ``deployment.json`` move, so on any
+failure the previous config is written back and re-loaded, the previous version stays live, and
+:class:`DeployError` carries Triton's own reason and the audit record.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from propensity.serving.backends import (
     InProcessBackend,
     ModelBackend,
     TritonBackend,
-    adapter_for,
 )
 from propensity.serving.manifest import (
     CONFIG_FILE,
@@ -43,6 +44,7 @@ from propensity.serving.manifest import (
     MODEL_FILE,
     ROLES,
     read_deployment,
+    read_model_bytes,
     repository_store,
 )
 
@@ -181,7 +183,7 @@ def _restore(
         store.delete_dir(name, version)
     if settings.serving.triton_url and prev_config is not None:
         try:
-            TritonBackend.from_settings(settings, version).load()
+            TritonBackend.from_settings(settings, version, timeout_s=settings.serving.ready_timeout_s).load()
         except BackendUnavailable as exc:
             log.error("could not reload the previous config of %s: %s", name, exc)
 
@@ -249,19 +251,13 @@ def deploy_model(
 
     prev_config = store.read_bytes(name, CONFIG_FILE) if store.exists(name, CONFIG_FILE) else None
     existed = store.exists(name, version, MODEL_FILE)
-    adapter = adapter_for(s.server_flavor)
-    # Without a server the in-process backend reads the file: missing values are always testable.
-    carries_nan = not s.triton_url or adapter.carries_nan(s.triton_protocol)
-    x = (
-        sample
-        if sample is not None
-        else parity_sample(booster, s.parity_rows, missing_share=0.05 * carries_nan)
-    )
+    # Binary tensors (gRPC, and HTTP's binary extension) carry missing values (NaN) to Triton.
+    x = sample if sample is not None else parity_sample(booster, s.parity_rows)
     x = np.ascontiguousarray(x, dtype=np.float32)
     try:
         store.write_bytes(model_bytes, name, version, MODEL_FILE)
-        for fname, data in adapter.version_files(name, version).items():
-            store.write_bytes(data, name, version, fname)
+        # What the server will load is what was deployed (the same check every reader makes).
+        read_model_bytes(settings, version=version, sha256=record["sha256"])
         store.write_bytes(config_text.encode(), name, CONFIG_FILE)
         served, _ = _served_backend(settings, version)
         got = served.predict(x)
@@ -313,7 +309,9 @@ def retire_shadow(settings: Settings) -> dict[str, Any]:
     parse_config(config_text)
     store.write_bytes(config_text.encode(), name, CONFIG_FILE)
     if settings.serving.triton_url:
-        TritonBackend.from_settings(settings, champion["version"]).load()
+        TritonBackend.from_settings(
+            settings, champion["version"], timeout_s=settings.serving.ready_timeout_s
+        ).load()
     state.setdefault("history", []).append(
         {"at": _now(), "role": "shadow", "version": None, "replaced": shadow}
     )
