@@ -94,31 +94,15 @@ class DirectRoute:
         await response(scope, receive, send)
 
 
-def install_direct_route(
-    app: Any,
-    method: str,
-    path: str,
-    answer: Answer,
-    *,
-    before_body: BeforeBody | None = None,
-    max_body: int | None = None,
-    too_large: TooLarge | None = None,
-) -> bool:
+def install_direct_route(app: Any, method: str, path: str, answer: Answer, **options: Any) -> bool:
     """Answer ``method path`` with :class:`DirectRoute` if the app has the shape it relies on.
 
-    Returns whether it did; if not (logged), the app's own route for the path answers.
+    ``options``: DirectRoute's keywords (``before_body``, ``max_body``, ``too_large``). Returns
+    whether it did; if not (logged), the app's own route for the path answers.
     """
     problem = direct_route_problem()
     if problem is None:
-        app.add_middleware(
-            DirectRoute,
-            method=method,
-            path=path,
-            answer=answer,
-            before_body=before_body,
-            max_body=max_body,
-            too_large=too_large,
-        )
+        app.add_middleware(DirectRoute, method=method, path=path, answer=answer, **options)
         # Where add_middleware put it: right inside ServerErrorMiddleware, before anything else.
         stack = app.build_middleware_stack()
         inner = getattr(stack, "app", None)
