@@ -246,6 +246,14 @@ def deploy_model(
         record.update(status="failed", reason=reason, finished_at=_now())
         raise DeployError(reason, record)
     versions = sorted({int(r["version"]) for r in roles.values() if r})
+    # The champion it replaces stays loaded until the next deploy: API processes still send it
+    # requests until their watcher reads the new record (serving.reload_interval_s), and Triton
+    # would answer those "version not found" (dropped requests) if it unloaded it now.
+    draining = _draining(
+        state, previous if role == "champion" else state.get("draining"), version, n_features
+    )
+    if draining is not None:
+        versions = sorted({*versions, int(draining["version"])})
     config_text = render_config(settings, n_features, versions)
     parse_config(config_text)
 
@@ -282,7 +290,7 @@ def deploy_model(
 
     history = list(state.get("history", []))
     history.append({"at": record["started_at"], "role": role, "version": version, "replaced": previous})
-    new_state = {"model_name": name, **roles, "history": history[-HISTORY_KEEP:]}
+    new_state = {"model_name": name, **roles, "draining": draining, "history": history[-HISTORY_KEEP:]}
     store.write_json(new_state, name, DEPLOYMENT_FILE)
     record.update(
         status="deployed",
@@ -292,6 +300,29 @@ def deploy_model(
     )
     log.info("deployed %s v%s as %s (parity %.2g)", name, version, role, record["parity_max_abs_diff"])
     return record
+
+
+def _draining(
+    state: dict[str, Any], candidate: dict[str, Any] | None, version: str, n_features: int
+) -> dict[str, Any] | None:
+    """The replaced champion kept loaded for requests in flight (None: nothing to keep).
+
+    One Triton config has one input width: a replaced champion of another width cannot stay
+    loaded beside the new one (logged: processes between polls answer 503 for that moment).
+    """
+    if not candidate or candidate["version"] == version:
+        return None
+    if candidate.get("n_features") != n_features:
+        log.warning(
+            "v%s takes %s features, v%s %s: not kept loaded while API processes move to v%s",
+            candidate["version"],
+            candidate.get("n_features"),
+            version,
+            n_features,
+            version,
+        )
+        return None
+    return candidate
 
 
 def retire_shadow(settings: Settings) -> dict[str, Any]:
@@ -305,7 +336,9 @@ def retire_shadow(settings: Settings) -> dict[str, Any]:
     store = repository_store(settings)
     name = settings.serving.model_name
     state["shadow"] = None
-    config_text = render_config(settings, champion["n_features"], [int(champion["version"])])
+    draining = _draining(state, state.get("draining"), champion["version"], champion["n_features"])
+    versions = [int(champion["version"]), *([int(draining["version"])] if draining else [])]
+    config_text = render_config(settings, champion["n_features"], versions)
     parse_config(config_text)
     store.write_bytes(config_text.encode(), name, CONFIG_FILE)
     if settings.serving.triton_url:

@@ -167,3 +167,47 @@ def test_a_hung_server_times_out_within_the_request_timeout():
         assert time.perf_counter() - t0 < 30
     finally:
         listener.close()
+
+
+def test_a_deploy_reaches_the_running_api_through_triton_without_dropping_requests(
+    triton, make_settings, source
+):
+    """A new champion deployed into Triton while the API is under load: every request answered 200, by
+    the version it names (Triton's), and the running API moves to the new version without a restart."""
+    import httpx
+    from serving_models import running_api
+
+    settings = make_settings(serving=triton.serving("api_swap", "grpc", reload_interval_s=0.05))
+    boosters = {1: train_booster(seed=0), 2: train_booster(seed=6)}
+    deploy_model(settings, boosters[1], 1, "champion")
+    want = {str(v): expected(b, list(CUSTOMERS)) for v, b in boosters.items()}
+    answers, errors, stop = [], [], threading.Event()
+    with running_api(create_app(settings, feature_source=source)) as url:
+
+        def load() -> None:
+            with httpx.Client(timeout=10) as c:
+                while not stop.is_set():
+                    r = c.post(
+                        f"{url}/predict", json={"customer_ids": list(CUSTOMERS)}, headers={"X-API-Key": KEY}
+                    )
+                    if r.status_code != 200:
+                        errors.append(f"{r.status_code} {r.text}")
+                        continue
+                    preds = r.json()["predictions"]
+                    answers.append((preds[0]["model_version"], [p["score"] for p in preds]))
+
+        thread = threading.Thread(target=load)
+        thread.start()
+        try:
+            time.sleep(0.5)
+            deploy_model(settings, boosters[2], 2, "champion")
+            wait_until(lambda: answers and answers[-1][0] == "2", timeout_s=30, what="v2 answering")
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            thread.join(timeout=20)
+    assert errors == []
+    versions = [v for v, _ in answers]
+    assert versions[0] == "1" and versions[-1] == "2" and versions == sorted(versions)
+    for version, scores in answers:
+        np.testing.assert_allclose(scores, want[version], atol=1e-6)

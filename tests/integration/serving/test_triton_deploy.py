@@ -102,10 +102,16 @@ def test_promotion_replaces_the_champion_and_a_rollback_reloads_the_previous_ver
     deploy_model(settings, first, 1, "champion")
     deploy_model(settings, second, 2, "champion")
     assert read_deployment(settings)["champion"]["version"] == "2"
-    assert _states(triton, "swap") == {"1": "UNAVAILABLE", "2": "READY"}
-    # rollback = deploy the previous version again: Triton loads v1 back from the repository
-    record = deploy_model(settings, first, 1, "champion", source="rollback")
-    assert record["replaced_version"] == "2" and _states(triton, "swap") == {"1": "READY", "2": "UNAVAILABLE"}
+    # v1 stays loaded (draining) until the next deploy: API processes move to v2 at their next poll
+    assert _states(triton, "swap") == {"1": "READY", "2": "READY"}
+    third = train_booster(seed=8)
+    deploy_model(settings, third, 3, "champion")
+    assert _states(triton, "swap") == {"1": "UNAVAILABLE", "2": "READY", "3": "READY"}
+    # rollback = deploy the previous version again: Triton loads v2 back as champion, v3 drains
+    record = deploy_model(settings, second, 2, "champion", source="rollback")
+    assert record["replaced_version"] == "3" and record["served_versions"] == ["2", "3"]
+    deploy_model(settings, first, 1, "champion", source="rollback")
+    assert _states(triton, "swap") == {"1": "READY", "2": "READY", "3": "UNAVAILABLE"}
     np.testing.assert_allclose(
         TritonBackend(triton.grpc, "swap", 1).predict(x), first.inplace_predict(x), atol=1e-6, rtol=0
     )

@@ -98,7 +98,13 @@ def test_shadow_is_served_beside_champion_and_promotion_clears_it(
     state = read_deployment(repo_settings)
     assert (state["champion"]["version"], state["shadow"]) == ("2", None)
     cfg = parse_config((tmp_path / "models" / "propensity" / "config.pbtxt").read_text())
-    assert list(cfg.version_policy.specific.versions) == [2]
+    # v1 stays loaded until the next deploy: API processes still on it finish their requests
+    assert list(cfg.version_policy.specific.versions) == [1, 2]
+    assert state["draining"]["version"] == "1"
+    booster_c = train_booster(seed=9)
+    deploy_model(repo_settings, booster_c, 3, "champion")
+    cfg = parse_config((tmp_path / "models" / "propensity" / "config.pbtxt").read_text())
+    assert list(cfg.version_policy.specific.versions) == [2, 3]  # v1 is gone, v2 drains
     # retire_shadow with no shadow is a no-op, not an error
     assert retire_shadow(repo_settings)["status"] == "noop"
 
