@@ -6,7 +6,7 @@ names the reason, the drifted features and the `as_of` date). The training date 
 `training_end_date` Param, else the trigger's `as_of`, else the end of the run's interval.
 
 1. **build_training_set**: weekly cutoffs whose 30-day labels have matured by `as_of`;
-   point-in-time features through Feast; stored once per `as_of` under `training_sets/`.
+   each cutoff's point-in-time snapshot read directly (snapshot_join); stored once per `as_of` under `training_sets/`.
 2. **train_model**: XGBoost (hist) with early stopping; one MLflow run with metrics, plots,
    baselines, lineage and the model (XGBoost JSON).
 3. **evaluate_model**: challenger vs champion on the same evaluation cutoffs: overall AUC, key
