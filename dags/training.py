@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
+
+from propensity.core.dags import START_DATE, default_args, fail_fast
 
 
 def _as_of() -> dt.date:
@@ -54,10 +55,10 @@ def _settings():
 
 @dag(
     schedule=CronDataIntervalTimetable("0 3 * * 1", timezone="UTC"),
-    start_date=pendulum.datetime(2011, 3, 7, tz="UTC"),
+    start_date=START_DATE,  # never gates a business date: any training date runs
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30)},
+    default_args=default_args(),
     params={
         "reason": Param(
             "scheduled", type="string", description="Why this training runs (recorded on the MLflow run)"
@@ -159,4 +160,4 @@ def training() -> None:
     [promoted, rolled_back] >> deploy_champion()
 
 
-training()
+fail_fast(training())

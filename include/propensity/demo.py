@@ -6,12 +6,14 @@ scatter one story over several files.)
 Every step is a DagRun of this repo's DAGs (``DAG.test``: recorded in Airflow's metadata DB,
 tasks run by the task SDK), all in one process so Airflow is imported once:
 
-  1. bootstrap   one wide run: collect + validate Dec 2010 - Nov 2011, every feature snapshot
-  2. daily       ingest + features DagRuns for the final days (1-9 Dec 2011)
-  3. training    the first champion (as of 31 Oct 2011), gated, deployed to models/
+  1. bootstrap   one wide run: collect + validate the history, every feature snapshot
+  2. daily       ingest + features DagRuns for the final ``demo.daily_days`` days
+  3. training    the first champion (as of the day before the drift window), gated, deployed
   4. batch       batch_inference scores every active customer of the last day
   5. serve       the prediction API answers real customers' requests
-  6. drift       a drift DagRun per day of November 2011; the shift triggers training
+  6. drift       a drift DagRun per day of the ``demo.drift_days`` window; the shift triggers training
+
+The dates come from the data (the source's first and last day) and the ``demo:`` settings.
   7. retrain     the training run drift asked for: challenger vs champion through the gate
 """
 
@@ -34,11 +36,23 @@ from propensity.core.zones import DEMO_REPORTS, SNAPSHOTS, VALIDATED_EVENTS
 
 log = logging.getLogger("propensity.demo")
 
-FIRST_DAY = dt.date(2010, 12, 1)
-BOOTSTRAP_LAST_DAY = dt.date(2011, 11, 30)
-LAST_DAY = dt.date(2011, 12, 9)
-FIRST_TRAINING_AS_OF = dt.date(2011, 10, 31)
-DRIFT_DAYS = (dt.date(2011, 11, 1), dt.date(2011, 11, 30))
+
+def demo_dates(settings) -> tuple[dt.date, dt.date, dt.date, dt.date, tuple[dt.date, dt.date]]:
+    """(first day, bootstrap's last day, last day, first training date, drift days) of the demo.
+
+    From the data and the ``demo:`` settings, never from code: the first and last day are the
+    source's own (or ``demo.first_day`` / ``demo.last_day``); the final ``demo.daily_days`` run as
+    daily DagRuns; drift checks the ``demo.drift_days`` before them, and the first champion is
+    trained as of the day before that window.
+    """
+    from propensity.ingest.collect import source_span
+
+    d = settings.demo
+    first, last = (d.first_day, d.last_day) if d.first_day and d.last_day else source_span(settings)
+    first, last = d.first_day or first, d.last_day or last
+    bootstrap_last = last - dt.timedelta(days=d.daily_days)
+    drift = (bootstrap_last - dt.timedelta(days=d.drift_days - 1), bootstrap_last)
+    return first, bootstrap_last, last, drift[0] - dt.timedelta(days=1), drift
 
 
 def _quiet_airflow() -> None:
@@ -322,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PROPENSITY_SOURCE__PATH"] = source_path
         get_settings.cache_clear()
         settings = get_settings()
+    FIRST_DAY, BOOTSTRAP_LAST_DAY, LAST_DAY, FIRST_TRAINING_AS_OF, DRIFT_DAYS = demo_dates(settings)  # noqa: N806
     total_started = time.monotonic()
     print(
         f"source: {settings.source.path}\nzones:  {settings.zone_root}\nAirflow task logs: {log_file()}",

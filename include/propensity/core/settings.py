@@ -388,6 +388,15 @@ class BatchSettings(BaseModel):
     _sqlite_url = field_validator("db_url")(sqlite_url_in_home)
 
 
+class DemoSettings(BaseModel):
+    """``make demo``'s story, as dates relative to the data (``propensity.demo.demo_dates``)."""
+
+    first_day: dt.date | None = None  # None: the source's first day with events
+    last_day: dt.date | None = None  # None: the source's last day with events
+    daily_days: int = 9  # the final days, run as daily ingest + features DagRuns
+    drift_days: int = 30  # drift DagRuns over the days before those; training is as of the day before
+
+
 class Settings(BaseSettings):
     """Everything the pipeline needs to know about where it runs."""
 
@@ -410,6 +419,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    demo: DemoSettings = Field(default_factory=DemoSettings)
 
     @field_validator("zone_root", "cache_dir")
     @classmethod

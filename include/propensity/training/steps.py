@@ -35,9 +35,9 @@ def first_validated_day(settings: Settings) -> dt.date:
 
     days = list_partitions(_store(settings), *VALIDATED_EVENTS)
     if not days:
-        raise RuntimeError(
-            f"no validated events under {settings.zone_root}/validated/events: run ingest first"
-        )
+        from propensity.core.errors import DataError
+
+        raise DataError(f"no validated events under {settings.zone_root}/validated/events: run ingest first")
     return days[0]
 
 
