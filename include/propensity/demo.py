@@ -515,6 +515,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(settings.zone_root, *DEMO_REPORTS, "demo_summary.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str))
+    example_id = "<customer id>"
+    with contextlib.suppress(Exception):  # a customer of the last snapshot, for the curl line
+        from propensity.features.job import read_snapshot
+
+        example_id = read_snapshot(settings, LAST_DAY + dt.timedelta(days=1)).column("customer_id")[0].as_py()
     print(
         f"""
   where to look:
@@ -522,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     MLflow UI     make mlflow    -> http://localhost:5000 (runs with plots, gate reports; registry aliases)
     Data Docs     {settings.zone_root}/reports/data_docs/index.html
     drift report  {settings.zone_root}/reports/drift/date=<day>/report.html
-    API           make serve     -> curl -H 'X-API-Key: local-dev-key' -d '{{"customer_id": "12347"}}' localhost:8000/predict
+    API           make serve     -> curl -H 'X-API-Key: local-dev-key' -d '{{"customer_id": "{example_id}"}}' localhost:8000/predict
     audit log     .venv/bin/propensity audit
     summary       {out}
   total {time.monotonic() - total_started:.0f}s"""

@@ -168,7 +168,7 @@ class ValidationSettings(BaseModel):
         timeout_s: float = 10.0
 
     # Row level: a row failing any of these is quarantined with the check's name.
-    max_abs_quantity: int = 10_000  # 80,995 units was a keying error, cancelled minutes later
+    max_abs_quantity: int = 10_000  # beyond it, a keying error (the value is data: config/defaults.yaml)
     max_unit_price: float = 10_000.0  # product lines only; fee lines carry larger, odd amounts
     max_abs_amount: float = 1_000_000.0  # every line, fee lines included: beyond it, a keying error
     # Batch gate: the day fails (nothing published) when any of these is off.

@@ -169,7 +169,7 @@ def assign_days(frame: pd.DataFrame, raw_times: pd.Series, source: SourceSetting
     """For each row without a readable event time, the day it is collected (and quarantined) on.
 
     One bad line must not block any day but its own, and must not be lost. Its day is its date when
-    the date part of the value still reads (``2011-03-01 25:61`` -> 1 March), else the day of the
+    the date part of the value still reads (``YYYY-03-01 25:61`` -> 1 March), else the day of the
     line before it in the file (exports list a day's lines together), else of the line after it.
     Every other row: ``None`` (its event time decides). The row's ``_parse_errors`` says which.
     """

@@ -303,8 +303,11 @@ def _notes(
             f"{customer.name}: {customer.leading_zeros:.0%} of ids have leading zeros ('{customer.values.iloc[0]}'): "
             "they are kept as text, so '000123' and '123' are different customers everywhere"
         )
-    if customer.kind == "integer" and customer.values.astype(str).str.contains(r"\.0$").any():
-        notes.append(f"{customer.name}: integer ids written as floats ('17850.0') are read as '17850'")
+    floats = customer.values.astype(str)
+    floats = floats[floats.str.contains(r"\.0$")]
+    if customer.kind == "integer" and len(floats):
+        one = floats.iloc[0]
+        notes.append(f"{customer.name}: integer ids written as floats ('{one}') are read as '{one[:-2]}'")
     if time.ambiguous:
         notes.append(
             f"{time.column}: every value also parses as {time.ambiguous[0]!r} (day and month both <= 12): "
@@ -394,7 +397,7 @@ def _first_run(
 
 
 class _Dumper(yaml.SafeDumper):
-    """Block style, except short lists of plain values: ``[5]``, ``['2010-12-24', '2011-01-03']``."""
+    """Block style, except short lists of plain values: ``[5]``, ``['YYYY-12-24', 'YYYY-01-03']``."""
 
     def represent_list(self, data: list[Any]) -> yaml.Node:
         flow = all(not isinstance(v, dict | list) for v in data) or all(
