@@ -15,25 +15,25 @@ Trigger it by hand with the `day` Param (YYYY-MM-DD) to score or backfill one da
 never see a gap or a mix), so clearing the task is always safe. "predictions database ... is
 unreachable": Postgres is down or the URL/credentials are wrong (`batch.db_url`, password in
 `PGPASSWORD`); the retries pick it up once it is back. "no feature snapshot for D": run the
-`features` DAG for D first. Backfill: trigger with `{"day": "2011-11-30"}` per day.
+`features` DAG for D first (fails at once, no retries). Backfill: trigger with `{"day": "YYYY-MM-DD"}` per day.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from propensity.core.assets import customer_features
+from propensity.core.dags import START_DATE, default_args, fail_fast
 
 
 @dag(
     schedule=[customer_features],
-    start_date=pendulum.datetime(2010, 12, 2, tz="UTC"),
+    start_date=START_DATE,  # never gates a business date: any logical date runs that day
     catchup=False,
     max_active_runs=1,  # one swap of a day at a time; queued asset events are scored in order
-    default_args={"retries": 3, "retry_delay": dt.timedelta(minutes=2)},
+    default_args=default_args(retries=3, retry_delay=dt.timedelta(minutes=1)),
     params={
         "day": Param(
             None,
@@ -69,4 +69,4 @@ def batch_inference() -> None:
     score_customers()
 
 
-batch_inference()
+fail_fast(batch_inference())

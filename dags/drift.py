@@ -27,14 +27,13 @@ exists yet (train and promote a model first).
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from pathlib import Path
 
-import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
 
+from propensity.core.dags import START_DATE, default_args, fail_fast
 from propensity.core.timetables import DailyUtcTimetable
 
 # Only an environment read at parse time: the interpreter of the drift venv (numpy<2).
@@ -46,10 +45,10 @@ DRIFT_PYTHON = os.environ.get(
 @dag(
     # A CronDataIntervalTimetable("0 0 * * *", "UTC") whose manual runs cover their own day too.
     schedule=DailyUtcTimetable(),
-    start_date=pendulum.datetime(2011, 1, 1, tz="UTC"),
+    start_date=START_DATE,  # never gates a business date: any logical date runs that day
     catchup=False,
     max_active_runs=1,  # the cooldown of day D depends on the triggers of the days before
-    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30)},
+    default_args=default_args(),
     tags=["propensity", "drift", "monitoring"],
     doc_md=__doc__,
 )
@@ -115,4 +114,4 @@ def drift() -> None:
     alert_drift(verdict, report)
 
 
-drift()
+fail_fast(drift())

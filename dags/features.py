@@ -19,20 +19,21 @@ asset-triggered run computes V + 1 for each validated day V it was triggered by.
 **On-call**: a failed `compute_features` names the validated partition it is missing: run
 `ingest` for that day, then clear the task. Nothing is half-written: each snapshot date is
 either the old file or the new one. A scheduled run that starts before `ingest` published the
-day fails the same way and succeeds on retry.
-Backfill: `airflow backfill create --dag-id features --from-date 2011-03-01 --to-date 2011-03-31`.
-Bootstrap a year in one Spark pass: `propensity features 2011-01-01 2011-12-09 --every 7`.
+day retries (only the run's own last day missing: ingest may still be running) and succeeds
+once it is published; any other missing or malformed input fails at once without retries.
+Backfill: `airflow backfill create --dag-id features --from-date FIRST --to-date LAST`.
+Bootstrap a year in one Spark pass: `propensity features FIRST LAST --every 7`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-import pendulum
 from airflow.sdk import dag, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 
 from propensity.core.assets import customer_features, validated_events
+from propensity.core.dags import START_DATE, default_args, fail_fast
 from propensity.core.timetables import DailyUtcTimetable
 
 
@@ -40,10 +41,10 @@ from propensity.core.timetables import DailyUtcTimetable
     # DailyUtcTimetable, as in ingest: a manual run for D covers [D, D+1) like the scheduled
     # one, so `airflow dags test features D` reproduces the scheduled run's snapshot.
     schedule=AssetOrTimeSchedule(timetable=DailyUtcTimetable(), assets=validated_events),
-    start_date=pendulum.datetime(2010, 12, 2, tz="UTC"),
+    start_date=START_DATE,  # never gates a business date: any logical date runs that day
     catchup=False,
     max_active_runs=1,  # materializations land in date order: the online store keeps the last write
-    default_args={"retries": 3, "retry_delay": dt.timedelta(minutes=5)},
+    default_args=default_args(retries=3, retry_delay=dt.timedelta(minutes=2)),
     tags=["propensity", "features", "feast"],
     doc_md=__doc__,
 )
@@ -76,4 +77,4 @@ def features() -> None:
     materialize_features(compute_features())
 
 
-features()
+fail_fast(features())

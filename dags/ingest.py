@@ -20,18 +20,18 @@ quarantined or duplicated lines) and links the Data Docs; an alert is raised thr
 `propensity.core.alerts`, nothing is published and downstream DAGs do not run for that day. It does
 not retry: the same data gives the same verdict. Fix the source, then clear `collect_events`:
 the re-run publishes normally. Raw data is never modified by validation.
-Backfill: `airflow backfill create --dag-id ingest --from-date 2011-03-01 --to-date 2011-03-31`.
+Retries are for transient errors only (backoff doubling); a bad source file, a mapping error or
+a day the export does not cover fails at once, without retries, naming the file and the problem.
+Backfill: `airflow backfill create --dag-id ingest --from-date FIRST --to-date LAST` (YYYY-MM-DD).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-
-import pendulum
 from airflow.sdk import dag, task
 
 from propensity.core.alerts import AlertNotifier
 from propensity.core.assets import validated_events
+from propensity.core.dags import START_DATE, default_args, fail_fast
 from propensity.core.timetables import DailyUtcTimetable
 
 
@@ -39,14 +39,10 @@ from propensity.core.timetables import DailyUtcTimetable
     # An interval timetable: each run owns the day it covers, so a run's output is a
     # function of its data interval, identical for scheduled runs, re-runs and backfills.
     schedule=DailyUtcTimetable(),
-    start_date=pendulum.datetime(2010, 12, 1, tz="UTC"),
+    start_date=START_DATE,  # never gates a business date: any logical date runs that day
     catchup=False,
     max_active_runs=4,
-    default_args={
-        "retries": 2,
-        "retry_delay": dt.timedelta(seconds=30),
-        "on_failure_callback": AlertNotifier("task_failed"),
-    },
+    default_args=default_args(on_failure_callback=AlertNotifier("task_failed")),
     tags=["propensity", "ingest"],
     doc_md=__doc__,
 )
@@ -60,16 +56,11 @@ def ingest() -> None:
 
     @task(on_failure_callback=AlertNotifier("validation_failed"))
     def validate_events(data_interval_start=None, data_interval_end=None) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from propensity.core.settings import get_settings
-        from propensity.ingest.validate import ValidationFailed, validate
+        from propensity.ingest.validate import validate
 
-        try:
-            summary = validate(get_settings(), data_interval_start, data_interval_end)
-        except ValidationFailed as exc:
-            # Deterministic verdict: a retry would fail the same way, so fail now and alert.
-            raise AirflowFailException(str(exc)) from exc
+        # ValidationFailed is a DataError: a deterministic verdict fails at once (fail_fast).
+        summary = validate(get_settings(), data_interval_start, data_interval_end)
         return {k: summary[k] for k in ("day", "status", "counts", "reasons", "outputs")}
 
     @task(outlets=[validated_events])
@@ -84,4 +75,4 @@ def ingest() -> None:
     collect_events() >> validate_events() >> publish_events()
 
 
-ingest()
+fail_fast(ingest())

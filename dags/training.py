@@ -6,7 +6,7 @@ names the reason, the drifted features and the `as_of` date). The training date 
 `training_end_date` Param, else the trigger's `as_of`, else the end of the run's interval.
 
 1. **build_training_set**: weekly cutoffs whose 30-day labels have matured by `as_of`;
-   point-in-time features through Feast; stored once per `as_of` under `training_sets/`.
+   each cutoff's point-in-time snapshot read directly (snapshot_join); stored once per `as_of` under `training_sets/`.
 2. **train_model**: XGBoost (hist) with early stopping; one MLflow run with metrics, plots,
    baselines, lineage and the model (XGBoost JSON).
 3. **evaluate_model**: challenger vs champion on the same evaluation cutoffs: overall AUC, key
@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
+
+from propensity.core.dags import START_DATE, default_args, fail_fast
 
 
 def _as_of() -> dt.date:
@@ -54,10 +55,10 @@ def _settings():
 
 @dag(
     schedule=CronDataIntervalTimetable("0 3 * * 1", timezone="UTC"),
-    start_date=pendulum.datetime(2011, 3, 7, tz="UTC"),
+    start_date=START_DATE,  # never gates a business date: any training date runs
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30)},
+    default_args=default_args(),
     params={
         "reason": Param(
             "scheduled", type="string", description="Why this training runs (recorded on the MLflow run)"
@@ -159,4 +160,4 @@ def training() -> None:
     [promoted, rolled_back] >> deploy_champion()
 
 
-training()
+fail_fast(training())

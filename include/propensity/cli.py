@@ -11,6 +11,8 @@ propensity audit [--limit N] [--json]          every alias move (promote, refuse
 propensity champion                            the champion's version, AUC and baselines
 propensity rollback --reason TEXT              restore the previous champion (then deploy it)
 propensity fetch-data                          make sure the demo dataset is present (download once)
+propensity source check PATH [--timezone ZONE] [--name NAME] [--yaml]
+                                               read a new transaction file, propose its source: block
 
 Each command imports only what it needs, so the drift venv (no Spark, no Feast) runs
 ``drift-calibrate`` and every process starts fast.
@@ -62,6 +64,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     rollback.add_argument("--no-deploy", action="store_true")
     sub.add_parser("fetch-data", help="download and convert the demo dataset when it is absent")
+    source = sub.add_parser("source", help="work with a transaction source").add_subparsers(
+        dest="source_command", required=True
+    )
+    check = source.add_parser(
+        "check",
+        help="read a transaction file, propose its source: block, say what the first run will do",
+    )
+    check.add_argument("path", help="a CSV (any delimiter, line ending, gzip) or Parquet file")
+    check.add_argument("--timezone", default=None, help="zone of naive timestamps, when the guess is wrong")
+    check.add_argument("--name", default=None, help="the source's name (default: from the file name)")
+    check.add_argument("--yaml", action="store_true", help="print only the proposed source: block")
     return parser
 
 
@@ -178,6 +191,22 @@ def _fetch_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source(args: argparse.Namespace) -> int:
+    from propensity.ingest.source_check import run
+
+    logging.basicConfig(level=logging.WARNING, format=_LOG_FORMAT)
+    settings = None
+    try:
+        from propensity.core.settings import get_settings
+
+        settings = get_settings()  # its validation and training settings shape the report
+    except Exception as exc:  # noqa: BLE001 - a new user's config may not load yet: the defaults do
+        logging.getLogger("propensity.cli").warning(
+            "settings not loaded (%s): the report uses the settings classes' defaults", exc
+        )
+    return run(args.path, timezone=args.timezone, yaml_only=args.yaml, settings=settings, name=args.name)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _demo,
     "serve": _serve,
@@ -188,6 +217,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "champion": _champion,
     "rollback": _rollback,
     "fetch-data": _fetch_data,
+    "source": _source,
 }
 
 

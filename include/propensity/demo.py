@@ -6,12 +6,14 @@ scatter one story over several files.)
 Every step is a DagRun of this repo's DAGs (``DAG.test``: recorded in Airflow's metadata DB,
 tasks run by the task SDK), all in one process so Airflow is imported once:
 
-  1. bootstrap   one wide run: collect + validate Dec 2010 - Nov 2011, every feature snapshot
-  2. daily       ingest + features DagRuns for the final days (1-9 Dec 2011)
-  3. training    the first champion (as of 31 Oct 2011), gated, deployed to models/
+  1. bootstrap   one wide run: collect + validate the history, every feature snapshot
+  2. daily       ingest + features DagRuns for the final ``demo.daily_days`` days
+  3. training    the first champion (as of the day before the drift window), gated, deployed
   4. batch       batch_inference scores every active customer of the last day
   5. serve       the prediction API answers real customers' requests
-  6. drift       a drift DagRun per day of November 2011; the shift triggers training
+  6. drift       a drift DagRun per day of the ``demo.drift_days`` window; the shift triggers training
+
+The dates come from the data (the source's first and last day) and the ``demo:`` settings.
   7. retrain     the training run drift asked for: challenger vs champion through the gate
 """
 
@@ -34,11 +36,23 @@ from propensity.core.zones import DEMO_REPORTS, SNAPSHOTS, VALIDATED_EVENTS
 
 log = logging.getLogger("propensity.demo")
 
-FIRST_DAY = dt.date(2010, 12, 1)
-BOOTSTRAP_LAST_DAY = dt.date(2011, 11, 30)
-LAST_DAY = dt.date(2011, 12, 9)
-FIRST_TRAINING_AS_OF = dt.date(2011, 10, 31)
-DRIFT_DAYS = (dt.date(2011, 11, 1), dt.date(2011, 11, 30))
+
+def demo_dates(settings) -> tuple[dt.date, dt.date, dt.date, dt.date, tuple[dt.date, dt.date]]:
+    """(first day, bootstrap's last day, last day, first training date, drift days) of the demo.
+
+    From the data and the ``demo:`` settings, never from code: the first and last day are the
+    source's own (or ``demo.first_day`` / ``demo.last_day``); the final ``demo.daily_days`` run as
+    daily DagRuns; drift checks the ``demo.drift_days`` before them, and the first champion is
+    trained as of the day before that window.
+    """
+    from propensity.ingest.collect import source_span
+
+    d = settings.demo
+    first, last = (d.first_day, d.last_day) if d.first_day and d.last_day else source_span(settings)
+    first, last = d.first_day or first, d.last_day or last
+    bootstrap_last = last - dt.timedelta(days=d.daily_days)
+    drift = (bootstrap_last - dt.timedelta(days=d.drift_days - 1), bootstrap_last)
+    return first, bootstrap_last, last, drift[0] - dt.timedelta(days=1), drift
 
 
 def _quiet_airflow() -> None:
@@ -356,6 +370,7 @@ def print_triton_index(triton) -> None:
 
 
 def _steps(args: argparse.Namespace, settings, triton) -> int:
+    FIRST_DAY, BOOTSTRAP_LAST_DAY, LAST_DAY, FIRST_TRAINING_AS_OF, DRIFT_DAYS = demo_dates(settings)  # noqa: N806
     total_started = time.monotonic()
     print(
         f"source: {settings.source.path}\nzones:  {settings.zone_root}\nAirflow task logs: {log_file()}",
@@ -542,6 +557,11 @@ def _steps(args: argparse.Namespace, settings, triton) -> int:
     out = Path(settings.zone_root, *DEMO_REPORTS, "demo_summary.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str))
+    example_id = "<customer id>"
+    with contextlib.suppress(Exception):  # a customer of the last snapshot, for the curl line
+        from propensity.features.job import read_snapshot
+
+        example_id = read_snapshot(settings, LAST_DAY + dt.timedelta(days=1)).column("customer_id")[0].as_py()
     print(
         f"""
   where to look:
@@ -549,7 +569,7 @@ def _steps(args: argparse.Namespace, settings, triton) -> int:
     MLflow UI     make mlflow    -> http://localhost:5000 (runs with plots, gate reports; registry aliases)
     Data Docs     {settings.zone_root}/reports/data_docs/index.html
     drift report  {settings.zone_root}/reports/drift/date=<day>/report.html
-    API           make serve     -> curl -H 'X-API-Key: local-dev-key' -d '{{"customer_id": "12347"}}' localhost:8000/predict
+    API           make serve     -> curl -H 'X-API-Key: local-dev-key' -d '{{"customer_id": "{example_id}"}}' localhost:8000/predict
     audit log     .venv/bin/propensity audit
     summary       {out}
   total {time.monotonic() - total_started:.0f}s"""

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from propensity.batch.predictions_db import PredictionsDB, StagedBatch, stage_rows
+from propensity.core.errors import DataError
 from propensity.core.storage import Store
 from propensity.features.spec import ENTITY_KEY, matrix
 from propensity.serving.backends import InProcessBackend
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 _MIN_BLOCK_ROWS = 4096  # below this a thread hand-off costs more than it saves
 
 
-class BatchInputError(ValueError):
+class BatchInputError(DataError, ValueError):
     """The day cannot be scored from what is stored (no snapshot, missing feature columns, bad scores)."""
 
 

@@ -10,7 +10,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass
 
+from propensity.core.errors import DataError
 from propensity.core.settings import TrainingSettings
+
+
+class CutoffPlanError(DataError, ValueError):
+    """Too little matured history for a training plan as of the date."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ def plan_cutoffs(first_day: dt.date, as_of: dt.date, cfg: TrainingSettings) -> C
     cutoffs = cutoffs[-cfg.max_cutoffs :]
     needed = cfg.eval_cutoffs + cfg.validation_cutoffs + 1
     if len(cutoffs) < needed:
-        raise ValueError(
+        raise CutoffPlanError(
             f"only {len(cutoffs)} matured weekly cutoffs between {earliest} and {latest}; "
             f"need at least {needed} (train, validation, evaluation). Collect more history before {as_of}."
         )

@@ -1,8 +1,8 @@
 """Customer ids: one canonical form, and one rule for what is a plausible id, at ingest and at the API.
 
 The same id must name the same customer in the raw zone, the features, the online store, the
-predictions table and a request: ``"12347.0"`` (an integer id exported through a float column) is
-customer ``"12347"`` everywhere, and ``"000123"`` stays ``"000123"`` (leading zeros are part of the
+predictions table and a request: ``"4711.0"`` (an integer id exported through a float column) is
+customer ``"4711"`` everywhere, and ``"000123"`` stays ``"000123"`` (leading zeros are part of the
 id). What cannot be a customer's id is refused with the reason, never guessed: a placeholder
 (``null``, ``NaN``, ``n/a``, ...), a signed or exponent number (``-12``, ``1.2e4``: a number that went
 through a spreadsheet), whitespace or invisible characters inside, control characters, or more

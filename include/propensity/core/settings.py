@@ -3,8 +3,9 @@
 Resolution order (later wins):
   1. ``config/defaults.yaml``            committed, shared by every profile
   2. ``config/profiles/<profile>.yaml``  committed, what differs between ``local`` and ``prod``
-  3. ``config/local.env``                gitignored, a developer's own overrides (KEY=value lines)
-  4. environment variables               ``PROPENSITY_<FIELD>``, nested with ``__``
+  3. ``$PROPENSITY_CONFIG_OVERLAY``      YAML files (``:``-separated): another source, another shop
+  4. ``config/local.env``                gitignored, a developer's own overrides (KEY=value lines)
+  5. environment variables               ``PROPENSITY_<FIELD>``, nested with ``__``
                                          (``PROPENSITY_SOURCE__PATH=...``)
 
 Secrets (S3 keys, database passwords, API keys) are never fields here with a value
@@ -16,19 +17,24 @@ Nothing here runs at import time; call :func:`get_settings`.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
+)
+
+from propensity.core.config_files import (  # noqa: F401 - re-exported: the settings' public names
+    OVERLAY_ENV,
+    config_dir,
+    merge_layers,
+    project_home,
+    resolve_path,
+    yaml_source,
 )
 
 CANONICAL_FIELDS = (
@@ -42,18 +48,6 @@ CANONICAL_FIELDS = (
     "is_return",
     "country",
 )
-
-
-def project_home() -> Path:
-    """The repository root: ``PROPENSITY_HOME`` or the folder holding ``config/defaults.yaml``."""
-    env = os.environ.get("PROPENSITY_HOME")
-    if env:
-        return Path(env).resolve()
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "config" / "defaults.yaml").is_file():
-            return parent
-    return Path.cwd()
 
 
 def sqlite_url_in_home(url: str) -> str:
@@ -133,9 +127,20 @@ class SourceSettings(BaseModel):
     # Item ids of fee/adjustment lines (postage, manual, bank charges, ...): validated rows get
     # line_kind "non_product" so features can tell them from purchases of products.
     non_product_items: list[str] = Field(default_factory=list)
+    # Identical lines (every canonical column equal): drop | keep | auto. auto drops them only when
+    # the source has an order id (the same line twice in one order is the export sent twice);
+    # without order ids a line is a purchase, and two identical lines on a day are two purchases.
+    duplicates: Literal["auto", "drop", "keep"] = "auto"
     # Bounds on what one value may be (propensity.core.ids): longer ids and texts are quarantined.
     max_id_length: int = 64
     max_value_length: int = 256
+
+    @property
+    def drops_duplicates(self) -> bool:
+        """Whether validation removes exact copies of a line (``duplicates`` resolved)."""
+        if self.duplicates == "auto":
+            return self.mapping.order_id is not None
+        return self.duplicates == "drop"
 
 
 class SparkSettings(BaseModel):
@@ -163,7 +168,7 @@ class ValidationSettings(BaseModel):
         timeout_s: float = 10.0
 
     # Row level: a row failing any of these is quarantined with the check's name.
-    max_abs_quantity: int = 10_000  # 80,995 units was a keying error, cancelled minutes later
+    max_abs_quantity: int = 10_000  # beyond it, a keying error (the value is data: config/defaults.yaml)
     max_unit_price: float = 10_000.0  # product lines only; fee lines carry larger, odd amounts
     max_abs_amount: float = 1_000_000.0  # every line, fee lines included: beyond it, a keying error
     # Batch gate: the day fails (nothing published) when any of these is off.
@@ -399,6 +404,15 @@ class BatchSettings(BaseModel):
     _sqlite_url = field_validator("db_url")(sqlite_url_in_home)
 
 
+class DemoSettings(BaseModel):
+    """``make demo``'s story, as dates relative to the data (``propensity.demo.demo_dates``)."""
+
+    first_day: dt.date | None = None  # None: the source's first day with events
+    last_day: dt.date | None = None  # None: the source's last day with events
+    daily_days: int = 9  # the final days, run as daily ingest + features DagRuns
+    drift_days: int = 30  # drift DagRuns over the days before those; training is as of the day before
+
+
 class Settings(BaseSettings):
     """Everything the pipeline needs to know about where it runs."""
 
@@ -421,6 +435,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    demo: DemoSettings = Field(default_factory=DemoSettings)
 
     @field_validator("zone_root", "cache_dir")
     @classmethod
@@ -443,36 +458,10 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         folder = config_dir()
         if cls.committed_files_only:
-            return (init_settings, yaml_source(settings_cls, folder))
+            return (init_settings, yaml_source(settings_cls, folder, overlays=False))
         # config/local.env: PROPENSITY_* lines, the environment's syntax (prefix and "__" nesting).
         local_env = DotEnvSettingsSource(settings_cls, env_file=folder / "local.env")
         return (init_settings, env_settings, local_env, yaml_source(settings_cls, folder))
-
-
-def yaml_source(settings_cls: type[BaseSettings], folder: Path) -> PydanticBaseSettingsSource:
-    """``defaults.yaml`` deep-merged with ``profiles/<profile>.yaml``; the profile is
-    ``$PROPENSITY_PROFILE`` or the defaults' ``profile:``."""
-    defaults = folder / "defaults.yaml"
-    if not defaults.is_file():
-        raise FileNotFoundError(f"settings file missing: {defaults}")
-    profile = os.environ.get("PROPENSITY_PROFILE") or (yaml.safe_load(defaults.read_text()) or {}).get(
-        "profile", "local"
-    )
-    profile_file = folder / "profiles" / f"{profile}.yaml"
-    if not profile_file.is_file():
-        raise FileNotFoundError(f"unknown profile {profile!r}: {profile_file} does not exist")
-    return _ProfileYaml(settings_cls, profile, [defaults, profile_file])
-
-
-class _ProfileYaml(YamlConfigSettingsSource):
-    """The YAML files of one profile; ``profile`` is the one they were chosen for."""
-
-    def __init__(self, settings_cls: type[BaseSettings], profile: str, files: list[Path]) -> None:
-        self.profile = profile
-        super().__init__(settings_cls, yaml_file=files, deep_merge=True)
-
-    def __call__(self) -> dict[str, Any]:
-        return super().__call__() | {"profile": self.profile}
 
 
 class _CommittedSettings(Settings):
@@ -485,18 +474,6 @@ def committed_settings(**overrides: Any) -> Settings:
     """The committed defaults (and profile) deep-merged with ``overrides``, ignoring the environment
     and ``config/local.env``: what tests and benchmarks build their settings from."""
     return _CommittedSettings(**overrides)
-
-
-def resolve_path(value: str) -> str:
-    """Make a relative local path absolute against the project home; URIs pass through."""
-    if "://" in value:
-        return value
-    p = Path(os.path.expanduser(value))
-    return str(p if p.is_absolute() else (project_home() / p).resolve())
-
-
-def config_dir() -> Path:
-    return Path(os.environ.get("PROPENSITY_CONFIG_DIR", project_home() / "config"))
 
 
 @lru_cache(maxsize=1)

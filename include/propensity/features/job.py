@@ -22,6 +22,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
+from propensity.core.errors import DataError
 from propensity.core.settings import Settings
 from propensity.core.storage import (
     PART_FILE,
@@ -48,8 +49,14 @@ _LISTING_THRESHOLD = "spark.sql.sources.parallelPartitionDiscovery.threshold"
 _MONEY_UNITS = 10_000
 
 
-class FeatureInputError(ValueError):
+class FeatureInputError(DataError, ValueError):
     """The validated events a snapshot needs are missing or malformed."""
+
+
+class FeatureInputPending(FeatureInputError):
+    """Only the latest day a snapshot needs is missing: its ingest may still be running (retried)."""
+
+    retryable = True
 
 
 # -- pure DataFrame functions -------------------------------------------------------------
@@ -270,9 +277,16 @@ def validated_days_needed(
     end = max(as_of_dates) - dt.timedelta(days=1)
     days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
     missing = [d for d in days if d not in available]
+    if end < min(available):
+        raise FeatureInputError(
+            f"no validated events before {max(as_of_dates)}: validated data under "
+            f"{store.uri_of(*VALIDATED_EVENTS)} starts on {min(available)}; a snapshot as of "
+            f"{max(as_of_dates)} would hold no customer"
+        )
     if missing:
         shown = ", ".join(d.isoformat() for d in missing[:5])
-        raise FeatureInputError(
+        pending = missing == [end] and end == max(available) + dt.timedelta(days=1)
+        raise (FeatureInputPending if pending else FeatureInputError)(
             f"{len(missing)} validated partition(s) missing under {store.uri_of(*VALIDATED_EVENTS)} "
             f"(e.g. date={shown}): snapshots as of {min(as_of_dates)}..{max(as_of_dates)} need every day "
             f"from {start} to {end}; validate those days first"

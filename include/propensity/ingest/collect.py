@@ -83,8 +83,39 @@ def _replay_export(
     mask = pc.or_kleene(mask, pc.equal(day, pa.scalar(start.date(), day.type)))
     frame = table.filter(mask).drop_columns([_ASSIGNED_DAY]).to_pandas()
     if not len(frame):
+        first, last = _span(table)
+        if not first <= start.date() <= last:
+            # Not a quiet day of the export: a day it does not cover (a date typo, another file).
+            raise SourceError(
+                f"{settings.source.path}: the export covers {first} .. {last} (UTC); "
+                f"it has nothing for {start.date()}"
+            )
         frame = sources.empty_frame()
     return frame, [settings.source.path], extra
+
+
+def _span(table: pa.Table) -> tuple[dt.date, dt.date]:
+    times = pc.min_max(table.column("event_time"))
+    if not times["min"].is_valid:
+        raise SourceError("the export has no line with a readable event time")
+    return times["min"].as_py().date(), times["max"].as_py().date()
+
+
+def source_span(settings: Settings) -> tuple[dt.date, dt.date]:
+    """The first and last UTC day with events in the source: what bootstrap and the demo cover.
+
+    An export: its earliest and latest readable event time. A landing zone: its first and last
+    ``date=`` folder.
+    """
+    if settings.source.kind == "export":
+        return _span(_export_cache(settings)[0])
+    store = open_store(
+        settings.source.path, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+    )
+    days = sorted(dt.date.fromisoformat(n[len("date=") :]) for n in store.list_dir() if n.startswith("date="))
+    if not days:
+        raise SourceError(f"{settings.source.path}: no date=YYYY-MM-DD folder in the landing zone")
+    return days[0], days[-1]
 
 
 _MEMO: dict[tuple, tuple[pa.Table, list[str]]] = {}
@@ -138,7 +169,7 @@ def assign_days(frame: pd.DataFrame, raw_times: pd.Series, source: SourceSetting
     """For each row without a readable event time, the day it is collected (and quarantined) on.
 
     One bad line must not block any day but its own, and must not be lost. Its day is its date when
-    the date part of the value still reads (``2011-03-01 25:61`` -> 1 March), else the day of the
+    the date part of the value still reads (``YYYY-03-01 25:61`` -> 1 March), else the day of the
     line before it in the file (exports list a day's lines together), else of the line after it.
     Every other row: ``None`` (its event time decides). The row's ``_parse_errors`` says which.
     """

@@ -222,12 +222,16 @@ def build_checks(settings: Settings, bands: Bands) -> list[Check]:
     )
 
     # -- duplicates ----------------------------------------------------------------------
-    add(
-        "no_exact_duplicates",
-        "dedup",
-        "an identical line twice is one purchase delivered twice; the copies are removed and counted",
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=[*EVENT_COLUMNS, "_parse_errors"]),
-    )
+    # Only where the source says so (source.duplicates): without order ids, identical lines on a
+    # day are separate purchases, kept.
+    if source.drops_duplicates:
+        add(
+            "no_exact_duplicates",
+            "dedup",
+            f"an identical line twice is one purchase delivered twice (source.duplicates={source.duplicates}); "
+            "the copies are removed and counted",
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=[*EVENT_COLUMNS, "_parse_errors"]),
+        )
 
     # -- batch level: is the day as a whole believable? ----------------------------------
     if bands.closed:

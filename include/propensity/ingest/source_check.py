@@ -25,13 +25,12 @@ Guesses, per canonical field (each column used once):
 * returns: a boolean column; else an order-id prefix carried by (nearly) every negative-quantity
   line and (nearly) no other; else negative quantities.
 
-``python -m propensity.ingest.source_check PATH [--timezone ZONE] [--yaml]``; the project's CLI
+``propensity source check PATH [--timezone ZONE] [--name NAME] [--yaml]`` (the project's CLI)
 calls :func:`run`.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 import re
@@ -74,7 +73,7 @@ from propensity.ingest.source_guess import (
 )
 from propensity.ingest.source_read import FileFacts, SourceCheckError, read_frame
 
-__all__ = ["SourceCheckError", "SourceReport", "check_source", "main", "proposal_yaml", "render", "run"]
+__all__ = ["SourceCheckError", "SourceReport", "check_source", "proposal_yaml", "render", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +191,7 @@ def check_source(
         "mapping": mapping,
         "return_order_prefix": prefix,
         "guest_rows": customer.nulls > 0,
+        "duplicates": "auto",
     }
     source = SourceSettings(**block)
 
@@ -303,8 +303,11 @@ def _notes(
             f"{customer.name}: {customer.leading_zeros:.0%} of ids have leading zeros ('{customer.values.iloc[0]}'): "
             "they are kept as text, so '000123' and '123' are different customers everywhere"
         )
-    if customer.kind == "integer" and customer.values.astype(str).str.contains(r"\.0$").any():
-        notes.append(f"{customer.name}: integer ids written as floats ('17850.0') are read as '17850'")
+    floats = customer.values.astype(str)
+    floats = floats[floats.str.contains(r"\.0$")]
+    if customer.kind == "integer" and len(floats):
+        one = floats.iloc[0]
+        notes.append(f"{customer.name}: integer ids written as floats ('{one}') are read as '{one[:-2]}'")
     if time.ambiguous:
         notes.append(
             f"{time.column}: every value also parses as {time.ambiguous[0]!r} (day and month both <= 12): "
@@ -312,9 +315,8 @@ def _notes(
         )
     if order is None:
         notes.append(
-            "no order id: a line is an order; the pipeline derives '<customer>@<time>' "
-            f"({checks['identical_lines']:,} identical lines: real repeat purchases for such a source, "
-            "but today's validation removes exact copies as duplicates)"
+            "no order id: a line is a purchase; the pipeline derives '<customer>@<time>' "
+            f"({checks['identical_lines']:,} identical lines: repeat purchases, kept by source.duplicates: auto)"
         )
     if prefix:
         notes.append(f"returns: order ids starting with {prefix!r} (on the negative-quantity lines)")
@@ -351,12 +353,14 @@ def _first_run(
         + c["quantity_over_limit"]
         + c["negative_unit_price"]
     )
+    drops = SourceSettings(**report.source).drops_duplicates
+    dedup = "removed as duplicates" if drops else "kept (no order id: each is a purchase)"
     out.append(
         f"validate: about {quarantine:,} line(s) quarantined (unparseable values {c['parse_errors']:,}, zero "
         f"quantity {c['zero_quantity']:,}, negative quantity outside a return "
         f"{c['negative_quantity_outside_returns']:,}, over the quantity limit {c['quantity_over_limit']:,}, "
-        f"negative price {c['negative_unit_price']:,}); {c['identical_lines']:,} identical line(s) removed as "
-        f"duplicates; {c['guest_rows']:,} guest line(s) kept"
+        f"negative price {c['negative_unit_price']:,}); {c['identical_lines']:,} identical line(s) {dedup}; "
+        f"{c['guest_rows']:,} guest line(s) kept"
     )
     unexplained = [d for d, why in report.zero_days if why is None]
     explained = len(report.zero_days) - len(unexplained)
@@ -393,7 +397,7 @@ def _first_run(
 
 
 class _Dumper(yaml.SafeDumper):
-    """Block style, except short lists of plain values: ``[5]``, ``['2010-12-24', '2011-01-03']``."""
+    """Block style, except short lists of plain values: ``[5]``, ``['YYYY-12-24', 'YYYY-01-03']``."""
 
     def represent_list(self, data: list[Any]) -> yaml.Node:
         flow = all(not isinstance(v, dict | list) for v in data) or all(
@@ -467,34 +471,18 @@ def render(report: SourceReport) -> str:
 
 
 def run(
-    path: str, *, timezone: str | None = None, yaml_only: bool = False, settings: Settings | None = None
+    path: str,
+    *,
+    timezone: str | None = None,
+    yaml_only: bool = False,
+    settings: Settings | None = None,
+    name: str | None = None,
 ) -> int:
     """What ``propensity source check PATH`` does: print the report (or only the YAML); 1 on an unreadable file."""
     try:
-        report = check_source(path, settings=settings, timezone=timezone)
+        report = check_source(path, settings=settings, timezone=timezone, name=name)
     except (SourceCheckError, sources.SourceError) as exc:
         print(f"source check: {exc}", file=sys.stderr)
         return 1
     print(report.yaml() if yaml_only else render(report))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="propensity source check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("path")
-    parser.add_argument("--timezone", default=None, help="zone of naive timestamps, when the guess is wrong")
-    parser.add_argument("--yaml", action="store_true", help="print only the proposed source: block")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    settings = None
-    try:
-        from propensity.core.settings import get_settings
-
-        settings = get_settings()
-    except Exception as exc:  # noqa: BLE001 - a new user's config may not load yet; defaults do
-        log.warning("settings not loaded (%s): using the defaults of the settings classes", exc)
-    return run(args.path, timezone=args.timezone, yaml_only=args.yaml, settings=settings)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from propensity.core.errors import DataError
 from propensity.core.ids import canonical_customer_ids
 from propensity.core.schema import RAW_SCHEMA
 from propensity.core.settings import SourceSettings
@@ -28,7 +29,7 @@ _TRUE = {"true", "t", "1", "yes", "y"}
 _FALSE = {"false", "f", "0", "no", "n"}
 
 
-class SourceError(RuntimeError):
+class SourceError(DataError, RuntimeError):
     """A source file that cannot be read as configured. The message names the file and the problem."""
 
 

@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from propensity.core.errors import DataError
 from propensity.core.schema import EVENT_COLUMNS, QUARANTINE_SCHEMA, RAW_SCHEMA, VALIDATED_SCHEMA
 from propensity.core.settings import Settings
 from propensity.core.storage import PART_FILE, Store, partition_parts, write_partition
@@ -76,7 +77,7 @@ _PANDAS_TYPES = {
 }
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(DataError, RuntimeError):
     """The day's batch is not trustworthy; the message lists the failed checks and observed values."""
 
     def __init__(self, message: str, summary: dict[str, Any]) -> None:
@@ -84,7 +85,7 @@ class ValidationFailed(RuntimeError):
         self.summary = summary
 
 
-class PublishRefused(RuntimeError):
+class PublishRefused(DataError, RuntimeError):
     """The day has no passed validation matching its current raw partition."""
 
 

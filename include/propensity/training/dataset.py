@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from propensity.core.errors import DataError
 from propensity.core.settings import Settings
 from propensity.core.storage import list_partitions, read_partition
 from propensity.core.zones import SNAPSHOTS, VALIDATED_EVENTS, zone_store
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 LABEL = "label"
 
 
-class TrainingSetError(ValueError):
+class TrainingSetError(DataError, ValueError):
     """The requested rows cannot make a correct training set (immature labels, bad input)."""
 
 

@@ -35,50 +35,41 @@ def first_validated_day(settings: Settings) -> dt.date:
 
     days = list_partitions(_store(settings), *VALIDATED_EVENTS)
     if not days:
-        raise RuntimeError(
-            f"no validated events under {settings.zone_root}/validated/events: run ingest first"
-        )
+        from propensity.core.errors import DataError
+
+        raise DataError(f"no validated events under {settings.zone_root}/validated/events: run ingest first")
     return days[0]
 
 
 def prepare_training_set(settings: Settings, as_of: dt.date) -> dict[str, Any]:
-    """The point-in-time training set for ``as_of`` (through Feast), stored once per date."""
-    import pyarrow as pa
+    """The point-in-time training set for ``as_of``, stored once per date.
 
-    from propensity.core.cutoffs import plan_cutoffs
-    from propensity.core.storage import partition_exists, read_partition, write_partition
+    Built by :func:`propensity.training.snapshot_join.write_training_set`: each cutoff's snapshot
+    read directly (already point-in-time correct) and streamed to the partition a cutoff at a
+    time, so time and memory follow the rows, not customers x snapshots (Feast's file store).
+    """
+    import pyarrow.compute as pc
+
+    from propensity.core.cutoffs import as_dict, plan_cutoffs
+    from propensity.core.storage import partition_exists, read_partition
+    from propensity.training.snapshot_join import write_training_set
 
     store = _store(settings)
     plan = plan_cutoffs(first_validated_day(settings), as_of, settings.training)
     if partition_exists(store, *TRAINING_SETS, as_of):
-        frame = read_partition(store, *TRAINING_SETS, as_of).to_pandas()
+        table = read_partition(store, *TRAINING_SETS, as_of)
+        rows, positives = table.num_rows, int(pc.sum(table.column("label")).as_py() or 0)
     else:
-        from propensity.training.dataset import build_training_set
-
-        rows = []
-        for cutoff in plan.all:
-            customers = read_partition(store, *SNAPSHOTS, cutoff).column("customer_id").to_pylist()
-            rows.append(pd.DataFrame({"customer_id": customers, "cutoff": cutoff}))
-        frame = build_training_set(settings, pd.concat(rows, ignore_index=True))
-        frame["cutoff"] = pd.to_datetime(frame["cutoff"]).dt.date
-        frame = frame.sort_values(["cutoff", "customer_id"], kind="mergesort", ignore_index=True)
-        write_partition(store, *TRAINING_SETS, as_of, pa.Table.from_pandas(frame, preserve_index=False))
-    from propensity.core.cutoffs import as_dict
-
-    return {
-        "as_of": as_of.isoformat(),
-        "rows": len(frame),
-        "positives": int(frame["label"].sum()),
-        "plan": as_dict(plan),
-    }
+        written = write_training_set(settings, plan.all, as_of)
+        rows, positives = written["rows"], written["positives"]
+    return {"as_of": as_of.isoformat(), "rows": rows, "positives": positives, "plan": as_dict(plan)}
 
 
 def load_training_set(settings: Settings, as_of: dt.date) -> pd.DataFrame:
     from propensity.core.storage import read_partition
+    from propensity.training.snapshot_join import to_frame
 
-    frame = read_partition(_store(settings), *TRAINING_SETS, as_of).to_pandas()
-    frame["cutoff"] = pd.to_datetime(frame["cutoff"]).dt.date
-    return frame
+    return to_frame(read_partition(_store(settings), *TRAINING_SETS, as_of))
 
 
 def train_challenger(

@@ -20,7 +20,7 @@ from propensity.core.cutoffs import plan_cutoffs
 from propensity.core.settings import committed_settings
 from propensity.core.stats import psi
 from propensity.core.storage import read_partition, write_partition
-from propensity.core.zones import RAW_EVENTS, TRAINING_SETS, VALIDATED_EVENTS, zone_store
+from propensity.core.zones import RAW_EVENTS, VALIDATED_EVENTS, zone_store
 from propensity.features.job import compute_features, read_snapshot
 from propensity.features.spec import MODEL_FEATURES
 from propensity.ingest.collect import collect
@@ -29,8 +29,8 @@ from propensity.training.snapshot_join import (
     build_training_table,
     to_frame,
     training_set_for_rows,
-    write_training_set,
 )
+from propensity.training.steps import load_training_set, prepare_training_set
 from propensity.training.train import fit
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -141,9 +141,14 @@ def test_a_later_snapshot_never_leaks_into_a_cutoff(retailer):
 def test_the_synthetic_retailer_is_learnable(retailer):
     """What makes the loop meaningful: the model beats recency and frequency alone."""
     settings, plan, spec = retailer["settings"], retailer["plan"], retailer["spec"]
-    result = write_training_set(settings, plan.all, spec.end)
-    assert len(result["rows_per_cutoff"]) == len(plan.all) == settings.training.max_cutoffs
-    frame = to_frame(read_partition(zone_store(settings), *TRAINING_SETS, spec.end))
+    # The training DAG's step: the direct join, streamed to the training set's partition.
+    prepared = prepare_training_set(settings, spec.end)
+    assert prepared["plan"]["evaluation"] == [c.isoformat() for c in plan.evaluation]
+    assert len(plan.all) == settings.training.max_cutoffs
+    frame = load_training_set(settings, spec.end)
+    pd.testing.assert_frame_equal(frame, to_frame(build_training_table(settings, plan.all)))
+    assert prepared["rows"] == len(frame) and prepared["positives"] == frame["label"].sum()
+    assert prepare_training_set(settings, spec.end) == prepared  # stored once, read back
     model = fit(frame, MODEL_FEATURES, plan, settings.training)
     auc = model.eval_metrics["roc_auc"]
     assert auc > 0.78

@@ -139,13 +139,31 @@ def test_uk_summer_time_edges_slice_on_utc_day(tmp_path, make_settings):
 def test_a_day_without_events_writes_an_empty_partition(tmp_path, make_settings):
     path = tmp_path / "export.csv"
     path.write_text(
-        "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n1,A,1,2011-03-01 10:00:00,1.0,1,UK\n"
+        "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        "1,A,1,2011-03-01 10:00:00,1.0,1,UK\n2,A,1,2011-03-07 10:00:00,1.0,1,UK\n"
     )
     settings = make_settings(source={"path": str(path)})
     result = collect(settings, *day("2011-03-05"))
     assert result.rows == 0
     table = read_partition(settings_store(settings), *RAW_EVENTS, dt.date(2011, 3, 5))
     assert table.num_rows == 0 and "customer_id" in table.column_names
+
+
+def test_a_day_the_export_does_not_cover_is_an_error_naming_its_span(tmp_path, make_settings):
+    """Not a quiet day: a date before or after the file (a typo, another file) fails loudly."""
+    path = tmp_path / "export.csv"
+    path.write_text(
+        "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        "1,A,1,2011-03-01 10:00:00,1.0,1,UK\n2,A,1,2011-03-07 10:00:00,1.0,1,UK\n"
+    )
+    settings = make_settings(source={"path": str(path)})
+    for outside in ("1999-03-05", "2011-03-08"):
+        with pytest.raises(SourceError, match=f"covers 2011-03-01 .. 2011-03-07 .*nothing for {outside}"):
+            collect(settings, *day(outside))
+    assert not (tmp_path / "zones" / "raw" / "events" / "date=1999-03-05").exists()
+    from propensity.ingest.collect import source_span
+
+    assert source_span(settings) == (dt.date(2011, 3, 1), dt.date(2011, 3, 7))
 
 
 def test_unparseable_values_are_kept_and_named_not_dropped(tmp_path, make_settings):

@@ -101,6 +101,37 @@ def test_exact_copies_are_removed_and_counted_keeping_the_first(vsettings):
     assert sorted(validated["_source_row"]) == list(range(1, 36))
 
 
+NO_ORDER_ID = {"order_id": None, "unit_price": None, "amount": "total", "is_return": None}
+
+
+@pytest.mark.parametrize(("duplicates", "removed"), [("auto", 0), ("keep", 0), ("drop", 3)])
+def test_without_order_ids_identical_lines_are_purchases_unless_told(make_settings, duplicates, removed):
+    """source.duplicates: auto keeps identical lines of a source without order ids (two purchases)."""
+    mapping = make_settings().source.mapping.model_dump() | NO_ORDER_ID
+    settings = make_settings(
+        validation={"data_docs": False, "min_history": 2},
+        source={"mapping": mapping, "duplicates": duplicates, "return_order_prefix": None},
+    )
+    assert settings.source.mapping.order_id is None
+    rows = [sale(DAY, i) for i in range(35)]
+    rows += [dict(rows[3]), dict(rows[3]), dict(rows[10])]
+    write_raw(settings, DAY, rows)
+
+    summary = validate(settings, *interval(DAY))
+
+    validated, _ = outputs(settings, DAY)
+    assert summary["counts"]["duplicates_removed"] == removed
+    assert summary["counts"]["validated"] == len(validated) == 38 - removed
+    assert ("no_exact_duplicates" in json.dumps(summary)) is (duplicates == "drop")
+
+
+def test_keep_keeps_copies_even_with_order_ids(make_settings):
+    settings = make_settings(validation={"data_docs": False, "min_history": 2}, source={"duplicates": "keep"})
+    rows = [sale(DAY, i) for i in range(35)] + [sale(DAY, 3)]
+    write_raw(settings, DAY, rows)
+    assert validate(settings, *interval(DAY))["counts"]["validated"] == 36
+
+
 def test_zero_lines_fail_a_trading_day_but_pass_a_closed_one(vsettings):
     write_raw(vsettings, DAY, [])
     with pytest.raises(ValidationFailed) as failed:
