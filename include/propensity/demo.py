@@ -339,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     # Served through Triton for the whole demo: the DAGs deploy into it and the API calls it
     # (PROPENSITY_SERVING__BACKEND=inprocess runs the demo without it).
     os.environ.setdefault("PROPENSITY_SERVING__BACKEND", "triton")
+    # This machine is shared (other jobs on its cores): an answer may wait longer than the 100 ms
+    # SLA's per-call timeout (serving.request_timeout_s, 0.09 s), which would turn it into a 503.
+    os.environ.setdefault("PROPENSITY_SERVING__REQUEST_TIMEOUT_S", "2")
     get_settings.cache_clear()
     settings = get_settings()
     triton = None
