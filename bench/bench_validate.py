@@ -86,6 +86,7 @@ def handwritten(
     rows["sale_quantity_positive"] = (sale & (q < 1)).fillna(False)
     rows["return_quantity_negative"] = (is_ret & (q > -1)).fillna(False)
     rows["quantity_within_limit"] = (q.abs() > v.max_abs_quantity).fillna(False)
+    rows["amount_within_limit"] = (frame["amount"].abs() > v.max_abs_amount).fillna(False)
     rows["unit_price_not_negative"] = (price < 0).fillna(False)
     product = (frame["line_kind"] == PRODUCT).fillna(False)
     rows["product_price_within_limit"] = (product & (price > v.max_unit_price)).fillna(False)
