@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from propensity.core.errors import DataError
 from propensity.core.settings import Settings
 from propensity.core.storage import PART_FILE, Store, list_partitions, read_partition
 from propensity.core.zones import DRIFT_WINDOW_DIR, REFERENCE_DIR, SNAPSHOTS, VALIDATED_EVENTS, zone_store
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 
 
 # -- reference contract -------------------------------------------------------------------
+
+
+class NoReference(DataError, FileNotFoundError):
+    """No champion reference to compare with: a retry cannot make one (train and promote first)."""
 
 
 def model_name(settings: Settings) -> str:
@@ -105,7 +110,7 @@ def champion_version(settings: Settings, store: Store, name: str) -> int:
             )
     versions = reference_versions(store, name)
     if not versions:
-        raise FileNotFoundError(
+        raise NoReference(
             f"no reference under {store.uri_of(REFERENCE_DIR, name)}: train and register a model first"
         )
     return versions[-1]
