@@ -261,6 +261,8 @@ class TrainingSettings(BaseModel):
     search_enabled: bool = False
     search_budget_s: float = 60.0
     segment_min_size: int = 100
+    # Key segments' tenure bands, by their edges in days: [90, 270] -> <90d, 90-270d, 270d+.
+    tenure_bands_days: list[int] = Field(default_factory=lambda: [90, 270])
     bootstrap_samples: int = 500
     bootstrap_seed: int = 7
     gate: GateThresholds = Field(default_factory=GateThresholds)

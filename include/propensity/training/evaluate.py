@@ -16,18 +16,30 @@ import xgboost as xgb
 from propensity.core.settings import TrainingSettings
 from propensity.core.stats import auc, paired_bootstrap_auc_diff, psi, rank_correlation
 
-TENURE_BANDS = ((0, 90, "new (<90d)"), (90, 270, "established (90-270d)"), (270, 10**6, "loyal (>=270d)"))
+
+def tenure_bands(edges_days: list[int]) -> list[tuple[int, int, str]]:
+    """Tenure bands from their edges in days (``training.tenure_bands_days``, e.g. [90, 270])."""
+    edges = sorted(set(int(e) for e in edges_days))
+    bounds = [0, *edges, 10**6]
+    bands = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        name = f"<{hi}d" if lo == 0 else (f"{lo}d+" if hi == 10**6 else f"{lo}-{hi}d")
+        bands.append((lo, hi, name))
+    return bands
 
 
-def segments(frame: pd.DataFrame) -> dict[str, pd.Series]:
-    """Key segments as boolean masks over ``frame``: country group, tenure band, spend band."""
+def segments(frame: pd.DataFrame, tenure_edges_days: list[int] = (90, 270)) -> dict[str, pd.Series]:
+    """Key segments as boolean masks over ``frame``: country group, tenure band, spend band.
+
+    Tenure bands come from config: a retailer with a short history sets edges it can evaluate
+    (every key segment must be evaluable for a promotion)."""
     out: dict[str, pd.Series] = {}
     if "is_home_country" in frame and frame["is_home_country"].notna().any():
         home = frame["is_home_country"].fillna(0) >= 0.5
         out["country=home"] = home
         out["country=abroad"] = ~home
     tenure = frame["tenure_days"].fillna(0)
-    for lo, hi, name in TENURE_BANDS:
+    for lo, hi, name in tenure_bands(list(tenure_edges_days)):
         out[f"tenure={name}"] = (tenure >= lo) & (tenure < hi)
     # Spend terciles are cut on the evaluation set itself, so both models see identical segments.
     spend = frame["spend_365d"].fillna(0)
@@ -57,7 +69,7 @@ def compare(
         result["bootstrap"] = paired_bootstrap_auc_diff(
             y, challenger_scores, champion_scores, cfg.bootstrap_samples, cfg.bootstrap_seed
         )
-    for name, mask in segments(evaluation).items():
+    for name, mask in segments(evaluation, cfg.tenure_bands_days).items():
         m = mask.to_numpy()
         n, pos = int(m.sum()), int(y[m].sum())
         evaluable = n >= cfg.segment_min_size and 0 < pos < n

@@ -84,7 +84,12 @@ def segment_checks(
         if not seg["evaluable"]:
             checks.append(
                 _check(
-                    name, seg["rows"], "evaluable", False, "segment missing: too few rows or one class only"
+                    name,
+                    seg["rows"],
+                    "evaluable",
+                    False,
+                    "segment missing: fewer rows than training.segment_min_size, or one class only "
+                    "(a short history: set training.tenure_bands_days to bands it has)",
                 )
             )
         elif compare_to_champion:

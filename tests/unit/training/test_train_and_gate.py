@@ -339,3 +339,17 @@ def test_a_worse_model_is_never_promoted(registry_settings, plan, logged_runs):
     registry = Registry(registry_settings)
     assert registry.alias_version(CHAMPION) is None
     assert registry.audit()[0]["action"] == "refuse"
+
+
+def test_tenure_bands_come_from_config():
+    import pandas as pd
+
+    from propensity.training.evaluate import segments, tenure_bands
+
+    assert [name for _, _, name in tenure_bands([90, 270])] == ["<90d", "90-270d", "270d+"]
+    frame = pd.DataFrame({"tenure_days": [10, 100, 300, 45], "spend_365d": [1.0, 2.0, 3.0, 4.0]})
+    masks = segments(frame, [30, 60])
+    assert masks["tenure=<30d"].tolist() == [True, False, False, False]
+    assert masks["tenure=30-60d"].tolist() == [False, False, False, True]
+    assert masks["tenure=60d+"].tolist() == [False, True, True, False]
+    assert not any(k.startswith("tenure=") and "270" in k for k in masks)
