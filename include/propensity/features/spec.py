@@ -19,6 +19,16 @@ Feature definitions (windows are ``[D - w days, D)``; "order" = a distinct non-r
   deviation of the gaps (fractional days) between consecutive orders; null with one order.
 * ``spend_trend_30d``: ``ln(1 + spend_30d) - ln(1 + spend of the 30 days before)``: defined for
   zero spend, symmetric for growth and decline.
+* ``purchase_days``: distinct UTC dates with an order (history window).
+* ``recency_gap_ratio``: ``recency_days / mean_days_between_orders``: how overdue the customer
+  is against their own rhythm; null with one order.
+* ``orders_decay_{30,90}d``, ``spend_decay_30d``: orders (and order value) weighted by
+  ``exp(-age / tau)`` with ``tau`` 30 or 90 days, age in seconds before D (history window); each
+  term rounded to an integer unit (1e-9 order, 1e-4 money) and summed exactly.
+* ``bgnbd_p_alive``, ``bgnbd_expected_30d``: BG/NBD (:mod:`propensity.core.btyd`) fitted on the
+  snapshot's own rows (frequency = ``purchase_days - 1``, recency = ``tenure_days``, age =
+  ``days_since_first_order``, in weeks): P(alive) and expected purchases in the next 30 days.
+  Only the snapshot's rows go in, so only events before D; null when the fit does not converge.
 * ``is_home_country``: 1 when the customer's latest country is one of ``features.home_countries``,
   0 when another, null when the source has no country. ``country`` itself is kept in the
   snapshot (not a model input) for evaluation segments.
@@ -40,6 +50,8 @@ import pyarrow as pa
 ENTITY_KEY = "customer_id"
 TIMESTAMP = "event_timestamp"
 WINDOWS = (7, 30, 90, 365)
+DECAYS = (30, 90)  # e-folding times of the decayed order counts, days
+BTYD_HORIZON_DAYS = 30
 ACTIVE_DAYS = 365
 
 INT_FEATURES = (
@@ -48,6 +60,7 @@ INT_FEATURES = (
     "days_since_first_order",
     *(f"orders_{w}d" for w in WINDOWS),
     "distinct_items_90d",
+    "purchase_days",
 )
 FLOAT_FEATURES = (
     *(f"spend_{w}d" for w in WINDOWS),
@@ -57,6 +70,11 @@ FLOAT_FEATURES = (
     "std_days_between_orders",
     "spend_trend_30d",
     "is_home_country",
+    *(f"orders_decay_{tau}d" for tau in DECAYS),
+    "spend_decay_30d",
+    "recency_gap_ratio",
+    "bgnbd_p_alive",
+    "bgnbd_expected_30d",
 )
 # The model's inputs, in the order every consumer (training, serving, batch) must use.
 MODEL_FEATURES: tuple[str, ...] = (
@@ -78,6 +96,14 @@ MODEL_FEATURES: tuple[str, ...] = (
     "std_days_between_orders",
     "spend_trend_30d",
     "is_home_country",
+    # Issue 19: BTYD quantities, rhythm and decayed activity (bench/RESULTS.md: the ablation).
+    "purchase_days",
+    "recency_gap_ratio",
+    "orders_decay_30d",
+    "orders_decay_90d",
+    "spend_decay_30d",
+    "bgnbd_p_alive",
+    "bgnbd_expected_30d",
 )
 SNAPSHOT_SCHEMA = pa.schema(
     [
