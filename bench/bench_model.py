@@ -210,12 +210,49 @@ def print_table(results: list[dict]) -> None:
         )
 
 
+def results_section(results: list[dict], own: float, kids: float, wall: float) -> str:
+    """bench/RESULTS.md's model section: the comparison and the ablation, from this run."""
+    from ablation import table
+
+    models = ["recency", "bgnbd", "rfm_xgb", "pipeline_v1", "champion"]
+    lines = [
+        "## Model quality (bench_model.py)",
+        "",
+        f"`python bench/bench_model.py --ablation --write-results` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
+        f"(wall {wall:.0f} s; peak RSS {own:.0f} MB, Spark JVM {kids:.0f} MB). AUC on the customers active in "
+        "the 365 days before the last fully observed cutoff T, label = buys in [T, T + 30 days), every "
+        "model on the same rows. Goal: champion >= BG/NBD + 0.02 and >= RFM XGBoost.",
+        "",
+        "| retailer | T | rows | positive | " + " | ".join(models) + " | goal met? |",
+        "| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in models) + " | --- |",
+    ]
+    for res in results:
+        a = res["auc"]
+        met = a["champion"] >= a["bgnbd"] + GOAL_MARGIN and a["champion"] >= a["rfm_xgb"]
+        lines.append(
+            f"| {res['retailer']} | {res['cutoff']} | {res['rows']} | {res['positive_rate']:.3f} | "
+            + " | ".join(f"{a[m]:.4f}" for m in models)
+            + f" | {'yes' if met else '**no**'} |"
+        )
+    if any("ablation" in r for r in results):
+        lines += ["", "Ablation (paired bootstrap over the rows, 300 resamples):", "", table(results)]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(section: str, path: str) -> None:
+    text = open(path).read() if os.path.exists(path) else ""
+    head = text.split("## Model quality (bench_model.py)", 1)[0].rstrip("\n")
+    with open(path, "w") as fh:
+        fh.write((head + "\n\n" if head else "") + section)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/bench-model")
     parser.add_argument("--ablation", action="store_true")
     parser.add_argument("--quick", action="store_true", help="no hyperparameter search (rounds only)")
     parser.add_argument("--only", choices=["online_retail", "synthetic_retailer"])
+    parser.add_argument("--write-results", action="store_true", help="write the section of bench/RESULTS.md")
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     started = time.monotonic()
@@ -233,10 +270,13 @@ def main(argv: list[str] | None = None) -> int:
 
         log_and_print(results, args.workdir)
     own, kids = rss_mb()
+    wall = time.monotonic() - started
     print(
-        f"\npeak RSS: bench process {own:.0f} MB, largest child (Spark JVM) {kids:.0f} MB; "
-        f"wall {time.monotonic() - started:.0f}s"
+        f"\npeak RSS: bench process {own:.0f} MB, largest child (Spark JVM) {kids:.0f} MB; wall {wall:.0f}s"
     )
+    if args.write_results:
+        section = results_section(results, own, kids, wall)
+        write_results(section, os.path.join(os.path.dirname(__file__), "RESULTS.md"))
     with open(os.path.join(args.workdir, "results.json"), "w") as fh:
         json.dump(results, fh, indent=2, default=str)
     return 0

@@ -221,10 +221,11 @@ class SelectionSettings(BaseModel):
 
     enabled: bool = True
     folds: int = Field(4, ge=1)  # the latest matured cutoffs before evaluation, one fold each
-    min_train_cutoffs: int = Field(8, ge=1)  # a fold needs this many cutoffs matured by its own
-    max_trials: int = Field(12, ge=1)  # the configured xgb_params, then Optuna's TPE
+    min_train_cutoffs: int = Field(4, ge=1)  # a fold needs this many cutoffs matured by its own
+    max_trials: int = Field(1, ge=1)  # xgb_params, then Optuna's TPE (config: 12; 1: rounds only)
     budget_s: float = 240.0  # stops the search early on a slow machine
     max_rounds: int = 600
+    patience: int = Field(50, ge=1)  # stop once the folds' mean AUC has not improved this long
     half_life_days: float | None = None  # recency-weighted training cutoffs; None: equal weights
     seed: int = 7
 

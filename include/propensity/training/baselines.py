@@ -11,6 +11,8 @@ pipeline, on exactly the rows the model is evaluated on.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import xgboost as xgb
@@ -19,6 +21,8 @@ from propensity.core.btyd import WEEK_DAYS, BgNbd, fit_bgnbd
 from propensity.core.cutoffs import CutoffPlan
 from propensity.core.settings import TrainingSettings
 from propensity.features.spec import matrix
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BgNbd", "all_baseline_scores", "baseline_scores", "bgnbd_scores", "fit_bgnbd", "rfm_xgb_scores"]
 # The plain XGBoost baseline: 12 RFM snapshot columns (recency, tenure, counts and spend over
@@ -62,7 +66,11 @@ def all_baseline_scores(
     """Every baseline's scores on ``evaluation``'s rows, fitted on the training cutoffs only."""
     out = baseline_scores(evaluation)
     matured = [*plan.train, *plan.valid]
-    out["bgnbd"] = bgnbd_scores(frame[frame["cutoff"] == max(matured)], evaluation, cfg.label_horizon_days)
+    try:
+        out["bgnbd"] = bgnbd_scores(frame[frame["cutoff"] == max(matured)], evaluation, cfg.label_horizon_days)
+    except ValueError as exc:  # the gate names a baseline it could not score
+        log.warning("BG/NBD baseline not scored: %s", exc)
+        out["bgnbd"] = np.full(len(evaluation), np.nan)
     out["rfm_xgb"] = rfm_xgb_scores(frame[frame["cutoff"].isin(matured)], evaluation)
     return out
 

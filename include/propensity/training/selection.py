@@ -32,6 +32,10 @@ from propensity.features.spec import matrix
 log = logging.getLogger(__name__)
 
 
+class NoFoldError(ValueError):
+    """Too few matured cutoffs for any rolling-origin fold."""
+
+
 @dataclass
 class Fold:
     valid_cutoff: dt.date
@@ -89,7 +93,7 @@ def folds(
             )
         )
     if not out:
-        raise ValueError(
+        raise NoFoldError(
             f"no rolling-origin fold: the {cfg.folds} latest of {len(cutoffs)} cutoffs leave fewer than "
             f"{cfg.min_train_cutoffs} matured training cutoffs each"
         )
@@ -97,25 +101,26 @@ def folds(
 
 
 def score_candidate(
-    params: dict[str, Any], fold_list: list[Fold], max_rounds: int
+    params: dict[str, Any], fold_list: list[Fold], max_rounds: int, patience: int
 ) -> tuple[float, int, list[float], list[xgb.Booster]]:
-    """(mean validation AUC at the best round, that round count, per-fold AUCs there, boosters)."""
-    curves, boosters = [], []
-    for f in fold_list:
-        history: dict[str, Any] = {}
-        booster = xgb.train(
-            {**params, "eval_metric": "auc"},
-            f.train,
-            num_boost_round=max_rounds,
-            evals=[(f.valid, "valid")],
-            evals_result=history,
-            verbose_eval=False,
-        )
-        boosters.append(booster)
-        curves.append(np.asarray(history["valid"]["auc"], dtype=float))
-    mean = np.mean(np.vstack(curves), axis=0)
-    best = int(np.argmax(mean))
-    return float(mean[best]), best + 1, [float(c[best]) for c in curves], boosters
+    """(mean validation AUC at the best round, that round count, per-fold AUCs there, boosters).
+
+    The folds are boosted in lockstep and scored after every round; boosting stops once the mean
+    AUC over the folds has not improved for ``patience`` rounds (or at ``max_rounds``)."""
+    full = {**params, "eval_metric": "auc"}
+    boosters = [xgb.Booster(full, [f.train, f.valid]) for f in fold_list]
+    curves: list[list[float]] = [[] for _ in fold_list]
+    best_mean, best_round = -np.inf, 0
+    for i in range(max_rounds):
+        for k, (f, booster) in enumerate(zip(fold_list, boosters, strict=True)):
+            booster.update(f.train, i)
+            curves[k].append(float(booster.eval_set([(f.valid, "valid")], i).rsplit(":", 1)[1]))
+        mean = float(np.mean([c[-1] for c in curves]))
+        if mean > best_mean:
+            best_mean, best_round = mean, i
+        elif i - best_round >= patience:
+            break
+    return best_mean, best_round + 1, [c[best_round] for c in curves], boosters
 
 
 def _suggest(trial, base: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +153,7 @@ def select(
 
     def run(params: dict[str, Any]) -> float:
         nonlocal best
-        score, rounds, per_fold, boosters = score_candidate(params, fold_list, cfg.max_rounds)
+        score, rounds, per_fold, boosters = score_candidate(params, fold_list, cfg.max_rounds, cfg.patience)
         keys = ("max_depth", "eta", "min_child_weight", "subsample", "colsample_bytree", "lambda")
         trials.append(
             {**{k: params.get(k) for k in keys}, "valid_auc": score, "rounds": rounds, "fold_aucs": per_fold}

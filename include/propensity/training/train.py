@@ -88,11 +88,16 @@ def fit(
             raise ValueError(
                 f"the {name} split has {len(part)} rows and labels {sorted(part['label'].unique())}: need both classes"
             )
+    chosen = None
     if cfg.selection.enabled:
-        from propensity.training.selection import refit, select
+        from propensity.training.selection import NoFoldError, refit, select
 
         matured = [*plan.train, *plan.valid]
-        chosen = select(frame, features, matured, cfg.xgb_params, cfg.label_horizon_days, cfg.selection)
+        try:
+            chosen = select(frame, features, matured, cfg.xgb_params, cfg.label_horizon_days, cfg.selection)
+        except NoFoldError as exc:
+            log.warning("rolling-origin selection impossible, early stopping instead: %s", exc)
+    if chosen is not None:
         booster = refit(frame, features, matured, chosen, cfg.selection)
         params, search = chosen.params, chosen.trials
     else:
