@@ -92,7 +92,7 @@ def test_every_baseline_is_scored_on_the_evaluation_rows(plan, frame):
     frame["days_since_first_order"] = frame["tenure_days"] + frame["recency_days"]
     evaluation = frame[frame["cutoff"].isin(plan.evaluation)]
     scores = all_baseline_scores(frame, plan, evaluation, TrainingSettings())
-    assert sorted(scores) == ["bgnbd", "frequency", "rfm_xgb", "recency"]
+    assert sorted(scores) == ["bgnbd", "frequency", "recency", "rfm_xgb"]
     assert all(len(s) == len(evaluation) and np.isfinite(s).all() for s in scores.values())
     from propensity.core.stats import auc
 
