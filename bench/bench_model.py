@@ -166,6 +166,7 @@ def evaluate_retailer(r: md.Retailer, workdir: str, ablation: bool, quick: bool)
         "positive_rate": float(y.mean()),
         "auc": {k: auc(y, v) for k, v in scores.items()},
         "ece_champion": expected_calibration_error(y, scores["champion"]),
+        "calibration": calibration(info.pop("oof"), scores["champion"], y),
         "bgnbd": bg_info,
         "champion": info,
         "seconds": {"snapshots": snap_s, "pipeline_v1_fit": t_v1, "champion_fit": t_champ},
@@ -193,7 +194,8 @@ def print_table(results: list[dict]) -> None:
         best = max(a["bgnbd"], a["rfm_xgb"])
         print(
             f"{res['retailer']}: champion - BG/NBD {a['champion'] - a['bgnbd']:+.4f} (goal >= +{GOAL_MARGIN}), "
-            f"champion - RFM XGB {a['champion'] - a['rfm_xgb']:+.4f} (goal >= 0); ECE {res['ece_champion']:.4f}; "
+            f"champion - RFM XGB {a['champion'] - a['rfm_xgb']:+.4f} (goal >= 0); "
+            f"ECE on T {json.dumps({k: round(v, 4) for k, v in res['calibration'].items()})}; "
             f"BG/NBD penalizer {res['bgnbd']['penalizer']}, fit {res['bgnbd']['fit_s']}s; "
             f"champion {res['champion']['rounds']} rounds, {res['champion']['trials']} candidates; "
             f"seconds {json.dumps({k: round(v, 1) for k, v in res['seconds'].items()})}"

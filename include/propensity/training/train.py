@@ -63,6 +63,8 @@ class TrainResult:
     baselines: dict[str, float]
     eval_scores: np.ndarray
     search: list[dict[str, Any]] = field(default_factory=list)
+    # The chosen candidate's scores on the rolling-origin validation rows (cutoff, margin, label).
+    oof: pd.DataFrame | None = None
 
 
 def fit(
@@ -120,6 +122,7 @@ def fit(
         baselines=base,
         eval_scores=scores,
         search=search,
+        oof=chosen.oof if chosen is not None else None,
     )
 
 
