@@ -113,11 +113,28 @@ def old_pipeline(frame: pd.DataFrame, plan, features, cfg) -> xgb.Booster:
 def champion(frame: pd.DataFrame, plan, features, cfg, **selection) -> tuple[xgb.Booster, dict]:
     c = cfg.model_copy(update={"selection": cfg.selection.model_copy(update=selection)})
     result = fit(frame, features, plan, c, baselines=False)
-    return result.booster, {
-        "rounds": result.best_iteration,
-        "params": result.params,
-        "trials": len(result.search),
-    }
+    info = {"rounds": result.best_iteration, "params": result.params, "trials": len(result.search)}
+    return result.booster, info | {"oof": result.oof}
+
+
+def calibration(oof: pd.DataFrame | None, scores: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """ECE on T of the raw probabilities and of Platt / isotonic maps fitted on the validation
+    folds' scores only (never on T)."""
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+
+    out = {"raw": expected_calibration_error(y, scores)}
+    if oof is None:
+        return out
+    p = np.clip(scores, 1e-7, 1 - 1e-7)
+    margin = np.log(p / (1 - p))
+    platt = LogisticRegression(C=1e6).fit(oof[["margin"]].to_numpy(), oof["label"].to_numpy())
+    out["platt"] = expected_calibration_error(y, platt.predict_proba(margin.reshape(-1, 1))[:, 1])
+    iso = IsotonicRegression(out_of_bounds="clip").fit(oof["margin"].to_numpy(), oof["label"].to_numpy())
+    out["isotonic"] = expected_calibration_error(y, iso.predict(margin))
+    oof_p = 1 / (1 + np.exp(-oof["margin"].to_numpy()))
+    out["folds_raw"] = expected_calibration_error(oof["label"].to_numpy(), oof_p)
+    return out
 
 
 def evaluate_retailer(r: md.Retailer, workdir: str, ablation: bool, quick: bool) -> dict:
