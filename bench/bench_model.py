@@ -272,8 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="no hyperparameter search (rounds only)")
     parser.add_argument("--only", choices=["online_retail", "synthetic_retailer"])
     parser.add_argument("--write-results", action="store_true", help="write the section of bench/RESULTS.md")
+    parser.add_argument("--render", help="only write the section from a run's results.json")
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
+    results_md = os.path.join(os.path.dirname(__file__), "RESULTS.md")
+    if args.render:
+        with open(args.render) as fh:
+            saved = json.load(fh)
+        run = saved[0].get("run", {"rss_mb": 0, "jvm_rss_mb": 0, "wall_s": 0})
+        write_results(results_section(saved, run["rss_mb"], run["jvm_rss_mb"], run["wall_s"]), results_md)
+        return 0
     started = time.monotonic()
     results = []
     for name, load in (
@@ -293,9 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\npeak RSS: bench process {own:.0f} MB, largest child (Spark JVM) {kids:.0f} MB; wall {wall:.0f}s"
     )
+    for res in results:
+        res["run"] = {"rss_mb": own, "jvm_rss_mb": kids, "wall_s": wall}
     if args.write_results:
-        section = results_section(results, own, kids, wall)
-        write_results(section, os.path.join(os.path.dirname(__file__), "RESULTS.md"))
+        write_results(results_section(results, own, kids, wall), results_md)
     with open(os.path.join(args.workdir, "results.json"), "w") as fh:
         json.dump(results, fh, indent=2, default=str)
     return 0
