@@ -67,7 +67,9 @@ def all_baseline_scores(
     out = baseline_scores(evaluation)
     matured = [*plan.train, *plan.valid]
     try:
-        out["bgnbd"] = bgnbd_scores(frame[frame["cutoff"] == max(matured)], evaluation, cfg.label_horizon_days)
+        out["bgnbd"] = bgnbd_scores(
+            frame[frame["cutoff"] == max(matured)], evaluation, cfg.label_horizon_days
+        )
     except ValueError as exc:  # the gate names a baseline it could not score
         log.warning("BG/NBD baseline not scored: %s", exc)
         out["bgnbd"] = np.full(len(evaluation), np.nan)

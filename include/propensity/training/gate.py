@@ -85,7 +85,9 @@ def best_baseline_check(chall: float, baselines: dict[str, float], gate: GateThr
     name = max(scored, key=scored.__getitem__)
     need = scored[name] + gate.min_gain_over_best_baseline
     missing = sorted(set(baselines) - set(scored))
-    detail = f"best baseline: {name} AUC {scored[name]:.4f}" + (f"; not scored: {', '.join(missing)}" if missing else "")
+    detail = f"best baseline: {name} AUC {scored[name]:.4f}" + (
+        f"; not scored: {', '.join(missing)}" if missing else ""
+    )
     return _check("beats_best_baseline", chall, need, chall > need, detail)
 
 
