@@ -18,11 +18,6 @@ from propensity.training.train import fit
 
 GROUPS = {
     "btyd (bgnbd_p_alive, bgnbd_expected_30d)": ("bgnbd_p_alive", "bgnbd_expected_30d"),
-    "decayed activity (orders_decay_*, spend_decay_30d)": (
-        "orders_decay_30d",
-        "orders_decay_90d",
-        "spend_decay_30d",
-    ),
     "rhythm (recency_gap_ratio, purchase_days)": ("recency_gap_ratio", "purchase_days"),
     "all issue-19 features": MODEL_FEATURES[18:],
 }

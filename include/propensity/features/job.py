@@ -36,7 +36,6 @@ from propensity.core.zones import SNAPSHOTS, VALIDATED_EVENTS, zone_store
 from propensity.features.spec import (
     ACTIVE_DAYS,
     BTYD_HORIZON_DAYS,
-    DECAYS,
     ENTITY_KEY,
     SNAPSHOT_SCHEMA,
     TIMESTAMP,
@@ -54,7 +53,6 @@ _LISTING_THRESHOLD = "spark.sql.sources.parallelPartitionDiscovery.threshold"
 # decimals of that size as Java BigDecimals and its hash aggregation then skips its fast map;
 # longs halved the line-level pass.
 _MONEY_UNITS = 10_000
-_DECAY_UNITS = 1_000_000_000  # a decayed order counts in units of 1e-9, summed as longs (exact)
 
 
 class FeatureInputError(ValueError):
@@ -190,11 +188,6 @@ def customer_features(
         F.max(F.when(F.col("country").isNotNull(), F.struct("order_time", "country"))).alias("latest"),
     ]
     aggs.append(F.countDistinct(F.when(buy, F.to_date("order_time"))).alias("purchase_days"))
-    for tau in DECAYS:
-        weight = F.exp(-age_s.cast("double") / float(tau * _DAY_S))
-        aggs.append(F.sum(F.when(buy, F.round(weight * _DECAY_UNITS).cast("long"))).alias(f"decay_{tau}"))
-    weight30 = F.exp(-age_s.cast("double") / float(30 * _DAY_S))
-    aggs.append(F.sum(F.when(buy, F.round(weight30 * F.col("value")).cast("long"))).alias("money_decay_30"))
     for w in WINDOWS:
         aggs.append(F.sum(F.when(buy & _in_window(age_s, w), 1).otherwise(0)).alias(f"orders_{w}d"))
         aggs.append(
@@ -268,13 +261,6 @@ def customer_features(
             (n_gaps > 0) & (F.col("sum_gap") > 0),
             F.datediff("as_of", F.to_date("last_order")) / (F.col("sum_gap") / n_gaps / _DAY_S),
         ).alias("recency_gap_ratio"),
-        *(
-            (F.coalesce(F.col(f"decay_{tau}"), F.lit(0)).cast("double") / float(_DECAY_UNITS)).alias(
-                f"orders_decay_{tau}d"
-            )
-            for tau in DECAYS
-        ),
-        _money(F.coalesce(F.col("money_decay_30"), F.lit(0))).alias("spend_decay_30d"),
     )
     return out
 
