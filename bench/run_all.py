@@ -25,6 +25,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "RESULTS.md"
+KEPT_SECTION = "## Model quality (bench_model.py)"
 PREFIX = "BENCH "
 REQUIRED = ("figure", "ours", "peer", "ratio", "goal", "unit")
 
@@ -166,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {run.status} in {run.seconds:.0f} s, {len(run.figures)} figure(s)", flush=True)
         if run.status != "ok" and run.tail:
             print("   " + run.tail.replace("\n", "\n   "), flush=True)
-    args.output.write_text(render(runs, started))
+    # Sections a script writes itself (bench_model.py's ablation table) survive the rewrite.
+    kept = ""
+    if args.output.exists() and KEPT_SECTION in args.output.read_text():
+        kept = "\n" + KEPT_SECTION + args.output.read_text().split(KEPT_SECTION, 1)[1]
+    args.output.write_text(render(runs, started) + kept)
     print(f"wrote {args.output}")
     # The table is written either way; a failed or timed-out script still fails `make bench`.
     return 1 if any(r.status.startswith(("failed", "timed out")) for r in runs) else 0

@@ -41,6 +41,7 @@ TRAINING_OVERRIDES = {
     "PROPENSITY_TRAINING__NUM_BOOST_ROUND": "60",
     "PROPENSITY_TRAINING__EARLY_STOPPING_ROUNDS": "10",
     "PROPENSITY_TRAINING__BOOTSTRAP_SAMPLES": "100",
+    "PROPENSITY_TRAINING__SELECTION__MAX_TRIALS": "1",  # the configured params only: no search
 }
 
 # Collect + validate the seed days, then the snapshots of every cutoff the training plan for

@@ -11,6 +11,8 @@ Resolution order (later wins):
 Secrets (S3 keys, database passwords, API keys) are never fields here with a value
 in a committed file: they come from the environment or Airflow connections.
 
+Over 500 lines: every stage's settings in one typed tree, so each is validated at start-up.
+
 Nothing here runs at import time; call :func:`get_settings`.
 """
 
@@ -212,10 +214,25 @@ class GateThresholds(BaseModel):
     )
     min_auc_first_model: float = Field(0.70, description="first model (no champion): absolute AUC floor")
     min_gain_over_recency_baseline: float = Field(0.0, description="first model: margin over recency-only")
+    min_gain_over_best_baseline: float = Field(0.0, description="first model: margin over the best baseline")
     shadow_max_psi: float = Field(0.25, description="shadow: PSI of challenger vs champion scores at most")
     shadow_min_rank_corr: float = Field(0.80, description="shadow: Spearman rank agreement at least")
     shadow_max_error_rate: float = Field(0.0, description="shadow: share of rows the challenger fails")
     shadow_max_p99_ms: float = Field(100.0, description="shadow: one-row p99 latency (the API's SLA)")
+
+
+class SelectionSettings(BaseModel):
+    """Rolling-origin model selection (issue 19; :mod:`propensity.training.selection`)."""
+
+    enabled: bool = True
+    folds: int = Field(4, ge=1)  # the latest matured cutoffs before evaluation, one fold each
+    min_train_cutoffs: int = Field(4, ge=1)  # a fold needs this many cutoffs matured by its own
+    max_trials: int = Field(1, ge=1)  # xgb_params, then Optuna's TPE (config: 12; 1: rounds only)
+    budget_s: float = 240.0  # stops the search early on a slow machine
+    max_rounds: int = 600
+    patience: int = Field(50, ge=1)  # stop once the folds' mean AUC has not improved this long
+    half_life_days: float | None = None  # recency-weighted training cutoffs; None: equal weights
+    seed: int = 7
 
 
 class TrainingSettings(BaseModel):
@@ -260,6 +277,7 @@ class TrainingSettings(BaseModel):
     # Optional small search: a few max_depth/eta pairs, stopped when the time budget runs out.
     search_enabled: bool = False
     search_budget_s: float = 60.0
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
     segment_min_size: int = 100
     # Key segments' tenure bands, by their edges in days: [90, 270] -> <90d, 90-270d, 270d+.
     tenure_bands_days: list[int] = Field(default_factory=lambda: [90, 270])

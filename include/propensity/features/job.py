@@ -34,7 +34,14 @@ from propensity.core.storage import (
 )
 from propensity.core.timeutil import utc_midnight
 from propensity.core.zones import SNAPSHOTS, VALIDATED_EVENTS, zone_store
-from propensity.features.spec import ACTIVE_DAYS, ENTITY_KEY, SNAPSHOT_SCHEMA, TIMESTAMP, WINDOWS
+from propensity.features.spec import (
+    ACTIVE_DAYS,
+    BTYD_HORIZON_DAYS,
+    ENTITY_KEY,
+    SNAPSHOT_SCHEMA,
+    TIMESTAMP,
+    WINDOWS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +194,7 @@ def customer_features(
         # Latest known country: max over (time, country) structs is deterministic on ties.
         F.max(F.when(F.col("country").isNotNull(), F.struct("order_time", "country"))).alias("latest"),
     ]
+    aggs.append(F.countDistinct(F.when(buy, F.to_date("order_time"))).alias("purchase_days"))
     for w in WINDOWS:
         aggs.append(F.sum(F.when(buy & _in_window(age_s, w), 1).otherwise(0)).alias(f"orders_{w}d"))
         aggs.append(
@@ -255,8 +263,42 @@ def customer_features(
         .otherwise(0.0)
         .alias("is_home_country"),
         country.alias("country"),
+        F.col("purchase_days").cast("long").alias("purchase_days"),
+        F.when(
+            (n_gaps > 0) & (F.col("sum_gap") > 0),
+            F.datediff("as_of", F.to_date("last_order")) / (F.col("sum_gap") / n_gaps / _DAY_S),
+        ).alias("recency_gap_ratio"),
     )
     return out
+
+
+def with_btyd(snapshot: pa.Table) -> pa.Table:
+    """``bgnbd_p_alive`` and ``bgnbd_expected_30d``: BG/NBD fitted on this snapshot's own rows
+    (only events before its date went into them), null when the fit does not converge."""
+    import numpy as np
+
+    from propensity.core.btyd import WEEK_DAYS, fit_bgnbd
+
+    n = snapshot.num_rows
+    alive = expected = pa.nulls(n, pa.float64())
+    if n:
+        days = snapshot.column("purchase_days").to_numpy(zero_copy_only=False).astype(float)
+        x = np.maximum(days - 1, 0.0)
+        t_x = snapshot.column("tenure_days").to_numpy(zero_copy_only=False).astype(float) / WEEK_DAYS
+        age = (
+            snapshot.column("days_since_first_order").to_numpy(zero_copy_only=False).astype(float) / WEEK_DAYS
+        )
+        try:
+            model = fit_bgnbd(x, t_x, age)
+            # Overflow of the hypergeometric term on a degenerate fit: null, not inf.
+            values = (
+                model.p_alive(x, t_x, age),
+                model.expected_purchases(BTYD_HORIZON_DAYS / WEEK_DAYS, x, t_x, age),
+            )
+            alive, expected = (pa.array(v, pa.float64(), mask=~np.isfinite(v)) for v in values)
+        except ValueError as exc:
+            log.warning("BG/NBD features null for a snapshot of %d customers: %s", n, exc)
+    return snapshot.append_column("bgnbd_p_alive", alive).append_column("bgnbd_expected_30d", expected)
 
 
 # -- the job: validated partitions in, one offline partition per date out ------------------
@@ -333,7 +375,7 @@ def to_snapshots(features: DataFrame) -> dict[dt.date, pa.Table]:
     as_of = table.column("as_of")
     for day in sorted(set(as_of.to_pylist())):
         part = table.filter(pc.equal(as_of, pa.scalar(day, as_of.type))).drop_columns(["as_of"])
-        part = part.sort_by([(ENTITY_KEY, "ascending")])
+        part = with_btyd(part.sort_by([(ENTITY_KEY, "ascending")]))
         out[day] = part.select(SNAPSHOT_SCHEMA.names).cast(SNAPSHOT_SCHEMA)
     return out
 

@@ -19,6 +19,13 @@ Feature definitions (windows are ``[D - w days, D)``; "order" = a distinct non-r
   deviation of the gaps (fractional days) between consecutive orders; null with one order.
 * ``spend_trend_30d``: ``ln(1 + spend_30d) - ln(1 + spend of the 30 days before)``: defined for
   zero spend, symmetric for growth and decline.
+* ``purchase_days``: distinct UTC dates with an order (history window).
+* ``recency_gap_ratio``: ``recency_days / mean_days_between_orders``: how overdue the customer
+  is against their own rhythm; null with one order.
+* ``bgnbd_p_alive``, ``bgnbd_expected_30d``: BG/NBD (:mod:`propensity.core.btyd`) fitted on the
+  snapshot's own rows (frequency = ``purchase_days - 1``, recency = ``tenure_days``, age =
+  ``days_since_first_order``, in weeks): P(alive) and expected purchases in the next 30 days.
+  Only the snapshot's rows go in, so only events before D; null when the fit does not converge.
 * ``is_home_country``: 1 when the customer's latest country is one of ``features.home_countries``,
   0 when another, null when the source has no country. ``country`` itself is kept in the
   snapshot (not a model input) for evaluation segments.
@@ -40,6 +47,7 @@ import pyarrow as pa
 ENTITY_KEY = "customer_id"
 TIMESTAMP = "event_timestamp"
 WINDOWS = (7, 30, 90, 365)
+BTYD_HORIZON_DAYS = 30
 ACTIVE_DAYS = 365
 
 INT_FEATURES = (
@@ -48,6 +56,7 @@ INT_FEATURES = (
     "days_since_first_order",
     *(f"orders_{w}d" for w in WINDOWS),
     "distinct_items_90d",
+    "purchase_days",
 )
 FLOAT_FEATURES = (
     *(f"spend_{w}d" for w in WINDOWS),
@@ -57,6 +66,9 @@ FLOAT_FEATURES = (
     "std_days_between_orders",
     "spend_trend_30d",
     "is_home_country",
+    "recency_gap_ratio",
+    "bgnbd_p_alive",
+    "bgnbd_expected_30d",
 )
 # The model's inputs, in the order every consumer (training, serving, batch) must use.
 MODEL_FEATURES: tuple[str, ...] = (
@@ -78,6 +90,12 @@ MODEL_FEATURES: tuple[str, ...] = (
     "std_days_between_orders",
     "spend_trend_30d",
     "is_home_country",
+    # Issue 19: BTYD quantities and rhythm. Decayed order counts and spend were tried and lost on
+    # both retailers (bench/RESULTS.md, the ablation), so the job does not compute them.
+    "purchase_days",
+    "recency_gap_ratio",
+    "bgnbd_p_alive",
+    "bgnbd_expected_30d",
 )
 SNAPSHOT_SCHEMA = pa.schema(
     [

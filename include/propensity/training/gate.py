@@ -55,6 +55,7 @@ def decide(
                 f"recency-only baseline AUC {recency:.4f}",
             )
         )
+        checks.append(best_baseline_check(chall, baselines, gate))
     else:
         mode = "vs_champion"
         need = champ * (1 + gate.min_relative_auc_gain)
@@ -71,7 +72,23 @@ def decide(
         )
     checks.extend(segment_checks(comparison["segments"], gate, compare_to_champion=champ is not None))
     checks.extend(shadow_checks(shadow, gate))
-    return {"mode": mode, "passed": all(c["passed"] for c in checks), "checks": checks}
+    shown = {k: float(v) for k, v in baselines.items()}
+    return {"mode": mode, "passed": all(c["passed"] for c in checks), "checks": checks, "baselines": shown}
+
+
+def best_baseline_check(chall: float, baselines: dict[str, float], gate: GateThresholds) -> dict[str, Any]:
+    """The first model must beat the best baseline (BG/NBD, RFM XGBoost, recency, frequency)
+    on the same evaluation rows; a baseline that could not be scored (NaN) is named, not used."""
+    scored = {k: v for k, v in baselines.items() if v == v}
+    if not scored:
+        return _check("beats_best_baseline", chall, None, False, "no baseline could be scored")
+    name = max(scored, key=scored.__getitem__)
+    need = scored[name] + gate.min_gain_over_best_baseline
+    missing = sorted(set(baselines) - set(scored))
+    detail = f"best baseline: {name} AUC {scored[name]:.4f}" + (
+        f"; not scored: {', '.join(missing)}" if missing else ""
+    )
+    return _check("beats_best_baseline", chall, need, chall > need, detail)
 
 
 def segment_checks(

@@ -129,8 +129,8 @@ def register_challenger(
         "champion_auc_at_registration": ""
         if comparison["champion_auc"] is None
         else f"{comparison['champion_auc']:.6f}",
-        "baseline_recency_auc": f"{run['baselines']['recency']:.6f}",
-        "baseline_frequency_auc": f"{run['baselines']['frequency']:.6f}",
+        # Every baseline on the evaluation rows: recency, frequency, BG/NBD, RFM XGBoost (issue 19).
+        **{f"baseline_{name}_auc": f"{value:.6f}" for name, value in run["baselines"].items()},
         "segments": json.dumps(comparison["segments"], default=float),
         "feature_service": run["lineage"]["feature_service"],
     }

@@ -27,7 +27,6 @@ from propensity.core.cutoffs import CutoffPlan
 from propensity.core.settings import Settings, TrainingSettings, project_home
 from propensity.core.stats import auc, expected_calibration_error
 from propensity.features.spec import matrix
-from propensity.training.baselines import baseline_scores
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +63,25 @@ class TrainResult:
     baselines: dict[str, float]
     eval_scores: np.ndarray
     search: list[dict[str, Any]] = field(default_factory=list)
+    # The chosen candidate's scores on the rolling-origin validation rows (cutoff, margin, label).
+    oof: pd.DataFrame | None = None
 
 
 def fit(
-    frame: pd.DataFrame, features: tuple[str, ...], plan: CutoffPlan, cfg: TrainingSettings
+    frame: pd.DataFrame,
+    features: tuple[str, ...],
+    plan: CutoffPlan,
+    cfg: TrainingSettings,
+    *,
+    baselines: bool = True,
 ) -> TrainResult:
-    """XGBoost on the train cutoffs, early-stopped on the validation cutoffs, scored on evaluation."""
+    """XGBoost chosen on the training cutoffs, scored on the evaluation cutoffs.
+
+    With ``cfg.selection.enabled`` (the default): rounds and parameters by rolling-origin
+    selection over the train and validation cutoffs, then refit on all of them
+    (:mod:`propensity.training.selection`). Otherwise: early stopping on the validation cutoffs.
+    ``baselines`` scores every baseline on the evaluation rows too (the bench turns it off).
+    """
     parts = {
         name: frame[frame["cutoff"].isin(getattr(plan, name))] for name in ("train", "valid", "evaluation")
     }
@@ -78,13 +90,52 @@ def fit(
             raise ValueError(
                 f"the {name} split has {len(part)} rows and labels {sorted(part['label'].unique())}: need both classes"
             )
+    chosen = None
+    if cfg.selection.enabled:
+        from propensity.training.selection import NoFoldError, refit, select
+
+        matured = [*plan.train, *plan.valid]
+        try:
+            chosen = select(frame, features, matured, cfg.xgb_params, cfg.label_horizon_days, cfg.selection)
+        except NoFoldError as exc:
+            log.warning("rolling-origin selection impossible, early stopping instead: %s", exc)
+    if chosen is not None:
+        booster = refit(frame, features, matured, chosen, cfg.selection)
+        params, search = chosen.params, chosen.trials
+    else:
+        booster, params, search = _early_stopped(parts, features, cfg)
+
+    evaluation = parts["evaluation"]
+    scores = booster.inplace_predict(matrix(evaluation, features))
+    y = evaluation["label"].to_numpy()
+    if baselines:
+        from propensity.training.baselines import all_baseline_scores
+
+        base = {name: auc(y, s) for name, s in all_baseline_scores(frame, plan, evaluation, cfg).items()}
+    else:
+        base = {}
+    return TrainResult(
+        booster=booster,
+        params=params,
+        best_iteration=booster.num_boosted_rounds(),
+        eval_metrics=classification_metrics(y, scores),
+        baselines=base,
+        eval_scores=scores,
+        search=search,
+        oof=chosen.oof if chosen is not None else None,
+    )
+
+
+def _early_stopped(
+    parts: dict[str, pd.DataFrame], features: tuple[str, ...], cfg: TrainingSettings
+) -> tuple[xgb.Booster, dict[str, Any], list[dict[str, Any]]]:
+    """The pre-selection path: early stopping on the validation cutoffs (and the small search)."""
     dtrain = xgb.DMatrix(
         matrix(parts["train"], features), label=parts["train"]["label"], feature_names=list(features)
     )
     dvalid = xgb.DMatrix(
         matrix(parts["valid"], features), label=parts["valid"]["label"], feature_names=list(features)
     )
-
     candidates = [dict(cfg.xgb_params)]
     if cfg.search_enabled:
         for depth in (3, 6):
@@ -118,21 +169,7 @@ def fit(
     assert best is not None
     _, params, booster = best
     # Keep only the trees early stopping chose, so every consumer of the file scores the same model.
-    booster = booster[: booster.best_iteration + 1]
-
-    evaluation = parts["evaluation"]
-    scores = booster.inplace_predict(matrix(evaluation, features))
-    y = evaluation["label"].to_numpy()
-    baselines = {name: auc(y, s) for name, s in baseline_scores(evaluation).items()}
-    return TrainResult(
-        booster=booster,
-        params=params,
-        best_iteration=booster.num_boosted_rounds(),
-        eval_metrics=classification_metrics(y, scores),
-        baselines=baselines,
-        eval_scores=scores,
-        search=search,
-    )
+    return booster[: booster.best_iteration + 1], params, search
 
 
 def git_commit() -> str:

@@ -139,3 +139,51 @@ def test_money_is_counted_in_exact_units_of_a_ten_thousandth(spark):
 def test_history_longer_than_exact_gap_sums_allow_is_refused(spark):
     with pytest.raises(ValueError, match="history_days=40000"):
         snapshot(spark, EVENTS, history_days=40_000)
+
+
+# -- issue 19: BTYD quantities and rhythm -----------------------------------
+
+NEW_FEATURES = (
+    "purchase_days",
+    "recency_gap_ratio",
+    "bgnbd_p_alive",
+    "bgnbd_expected_30d",
+)
+
+
+def test_new_features_match_hand_computed_values(spark):
+    rows = by_customer(snapshot(spark, EVENTS)[D])
+    a, b = rows["A"], rows["B"]
+    # A's orders before D: O1 (Jan 1), O2 (Mar 1), O3 (Mar 20), on three days; B's one order.
+    assert a["purchase_days"] == 3 and b["purchase_days"] == 1
+    gaps = (59 + 2 / 24, 18 + 20 / 24)
+    assert a["recency_gap_ratio"] == pytest.approx(12 / (sum(gaps) / 2))
+    assert b["recency_gap_ratio"] is None  # one order: no rhythm
+    # BG/NBD on the snapshot's two customers: probabilities and expectations, or null together.
+    for r in (a, b):
+        if r["bgnbd_p_alive"] is None:
+            assert r["bgnbd_expected_30d"] is None
+        else:
+            assert 0 < r["bgnbd_p_alive"] <= 1 and r["bgnbd_expected_30d"] >= 0
+
+
+FUTURE = [
+    line("A", "2011-04-01 00:00:00", "O8", "V", 9, 9.0, country=UK),
+    line("A", "2011-04-20 10:00:00", "O11", "V", 2, 3.0, country=UK),
+    line("B", "2011-04-01 12:00:00", "O9", "Q", 1, 1.0, country=UK),
+    line("D", "2011-04-01 00:00:00", "O10", "Q", 1, 1.0, country=UK),  # a new customer, from D on
+]
+
+
+@pytest.mark.parametrize("feature", NEW_FEATURES)
+def test_new_feature_ignores_events_at_or_after_the_cutoff(spark, feature):
+    """Point-in-time, per new feature: plant orders at and after the cutoff, nothing moves (the
+    BG/NBD columns also see no new customer in their fit); an order one second before does."""
+    before = by_customer(snapshot(spark, EVENTS)[D])
+    after = by_customer(snapshot(spark, [*EVENTS, *FUTURE])[D])
+    assert sorted(after) == sorted(before) == ["A", "B"]
+    assert {c: r[feature] for c, r in after.items()} == {c: r[feature] for c, r in before.items()}
+    early = by_customer(
+        snapshot(spark, [*EVENTS, line("B", "2011-03-31 12:00:00", "O9", "Q", 1, 1.0, country=UK)])[D]
+    )
+    assert early["B"][feature] != before["B"][feature]

@@ -107,7 +107,8 @@ def test_each_cutoff_is_its_snapshot_beside_its_label(zone):
     assert list(got["customer_id"]) == ["000007", "000100", "c", "000007", "c", "d"]  # sorted per cutoff
     # Features are exactly the cutoff's own snapshot, never the next day's.
     assert list(got["recency_days"]) == [2.0, 1.0, 3.0, 4.0, 5.0, 6.0]
-    assert list(got[MODEL_FEATURES[-1]]) == [2.0 + 17, 1.0 + 17, 3.0 + 17, 4.0 + 17, 5.0 + 17, 6.0 + 17]
+    last = len(MODEL_FEATURES) - 1  # the fixture sets feature i to recency + i
+    assert list(got[MODEL_FEATURES[-1]]) == [v + last for v in (2.0, 1.0, 3.0, 4.0, 5.0, 6.0)]
     # D1: 000007 at D1 00:00 yes, 000100 at D2 - 1 s yes (its D1 - 1 s line does not count), c only
     # returned and paid a fee. D2: d at D2 00:00:10; c's line at D2 + 7 days is outside.
     assert list(got["label"]) == [1, 1, 0, 0, 0, 1]

@@ -128,7 +128,25 @@ def test_first_model_must_beat_the_recency_baseline():
     shadow = {"error_rate": 0.0, "p99_ms": 1.0, "rows": 10, "source": "snapshot"}
     assert decide(comparison, shadow, {"recency": 0.70}, GateThresholds())["passed"] is True
     refused = decide(comparison, shadow, {"recency": 0.76}, GateThresholds())
-    assert [c["name"] for c in refused["checks"] if not c["passed"]] == ["beats_recency_baseline"]
+    failed = [c["name"] for c in refused["checks"] if not c["passed"]]
+    assert failed == ["beats_recency_baseline", "beats_best_baseline"]
+
+
+def test_first_model_must_beat_the_best_baseline_and_the_report_lists_them():
+    comparison = {"challenger_auc": 0.74, "champion_auc": None, "segments": []}
+    shadow = {"error_rate": 0.0, "p99_ms": 1.0, "rows": 10, "source": "snapshot"}
+    baselines = {"recency": 0.67, "frequency": 0.66, "bgnbd": 0.75, "rfm_xgb": 0.73}
+    refused = decide(comparison, shadow, baselines, GateThresholds())
+    checks = {c["name"]: c for c in refused["checks"]}
+    assert [n for n, c in checks.items() if not c["passed"]] == ["beats_best_baseline"]
+    assert checks["beats_best_baseline"]["threshold"] == 0.75
+    assert "bgnbd" in checks["beats_best_baseline"]["detail"]
+    text = render_markdown(refused)
+    assert "bgnbd 0.75" in text and "rfm_xgb 0.73" in text and "| beats_best_baseline |" in text
+    # A baseline that could not be scored is named, and the best scored one is used.
+    passed = decide(comparison, shadow, {**baselines, "bgnbd": float("nan")}, GateThresholds())
+    best = next(c for c in passed["checks"] if c["name"] == "beats_best_baseline")
+    assert passed["passed"] is True and best["threshold"] == 0.73 and "not scored: bgnbd" in best["detail"]
 
 
 # -- registry with real MLflow -------------------------------------------------------------
