@@ -36,8 +36,8 @@ def main() -> int:
     import boto3
     from botocore.exceptions import ClientError
 
-    from propensity.features.store import feature_store
     from propensity.core.settings import get_settings
+    from propensity.features.store import feature_store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()

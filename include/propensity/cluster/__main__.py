@@ -8,7 +8,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="propensity.cluster")
-    parser.add_argument("command", choices=["up", "status", "down", "conf", "demo"])
+    parser.add_argument("command", choices=["up", "status", "down", "conf", "compose", "demo"])
     args = parser.parse_args(argv)
     from propensity.cluster import control
 
@@ -24,6 +24,13 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg, _, services = control.spec()
         print(render(cfg, services, str(project_home())))
+        return 0
+    if args.command == "compose":
+        from propensity.cluster.compose import compose_path, render_compose
+        from propensity.cluster.config import cluster_settings
+
+        compose_path().write_text(render_compose(cluster_settings()))
+        print(f"wrote {compose_path()}")
         return 0
     from propensity.cluster.demo import main as demo
 

@@ -6,7 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from propensity.core.settings import config_dir, project_home, resolve_path
 
@@ -53,7 +58,9 @@ class Demo(BaseModel):
 
 
 class ClusterSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PROPENSITY_CLUSTER__", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="PROPENSITY_CLUSTER__", env_nested_delimiter="__", extra="ignore"
+    )
 
     home: str = "data/cluster"
     host: str = "127.0.0.1"
@@ -73,6 +80,7 @@ class ClusterSettings(BaseSettings):
     task_heartbeat_timeout_s: int = 60
     task_heartbeat_sec: int = 5
     triton_venv: str = ".venv-triton"
+    schedule_end_date: str | None = None
     demo: Demo
 
     @classmethod
@@ -84,7 +92,11 @@ class ClusterSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, config_dir() / "cluster.yaml"))
+        return (
+            init_settings,
+            env_settings,
+            YamlConfigSettingsSource(settings_cls, config_dir() / "cluster.yaml"),
+        )
 
     @property
     def root(self) -> Path:

@@ -39,7 +39,9 @@ def load_secrets(cfg: ClusterSettings) -> dict[str, str]:
     values = json.loads(path.read_text()) if path.exists() else {}
     for name in SECRET_NAMES:
         if name not in values:
-            values[name] = Fernet.generate_key().decode() if name == "AIRFLOW_FERNET_KEY" else secrets.token_urlsafe(24)
+            values[name] = (
+                Fernet.generate_key().decode() if name == "AIRFLOW_FERNET_KEY" else secrets.token_urlsafe(24)
+            )
     values.setdefault("AIRFLOW_ADMIN_PASSWORD", secrets.token_urlsafe(16))
     _write_private(path, json.dumps(values, indent=2))
     _write_private(cfg.state / "passwords.json", json.dumps({"admin": values["AIRFLOW_ADMIN_PASSWORD"]}))
@@ -76,7 +78,9 @@ def _supervisor_env() -> dict[str, str]:
 
 def ctl(cfg: ClusterSettings, *args: str, check: bool = False) -> subprocess.CompletedProcess:
     exe = str(Path(sys.executable).with_name("supervisorctl"))
-    return subprocess.run([exe, "-c", str(conf_path(cfg)), *args], capture_output=True, text=True, check=check)
+    return subprocess.run(
+        [exe, "-c", str(conf_path(cfg)), *args], capture_output=True, text=True, check=check
+    )
 
 
 def supervisord_running(cfg: ClusterSettings) -> bool:
@@ -123,7 +127,9 @@ def wait_ready(cfg: ClusterSettings, services: list[Service], timeout: float) ->
         if pending:
             time.sleep(1)
     if pending:
-        raise RuntimeError(f"not ready after {timeout:.0f}s: {[s.name for s in pending]} (logs in {cfg.logs})")
+        raise RuntimeError(
+            f"not ready after {timeout:.0f}s: {[s.name for s in pending]} (logs in {cfg.logs})"
+        )
 
 
 # -- one-shot set-up --------------------------------------------------------------------------
@@ -132,7 +138,9 @@ def ensure_databases(cfg: ClusterSettings, reset: bool) -> None:
 
     pg = cfg.postgres
     names = (pg.airflow_db, pg.mlflow_db, pg.predictions_db)
-    with psycopg.connect(host=pg.host, port=pg.port, user=pg.user, dbname="postgres", autocommit=True) as conn:
+    with psycopg.connect(
+        host=pg.host, port=pg.port, user=pg.user, dbname="postgres", autocommit=True
+    ) as conn:
         existing = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
         for name in names:
             if reset and name in existing:
@@ -182,7 +190,13 @@ def flush_redis(cfg: ClusterSettings) -> None:
 # -- commands ---------------------------------------------------------------------------------
 def up(timeout: float = 300) -> int:
     cfg, values, services = spec()
-    for folder in (cfg.logs / "airflow", cfg.logs / "spark", cfg.data / "redis", cfg.data / "cache"):
+    for folder in (
+        cfg.logs / "airflow",
+        cfg.logs / "spark",
+        cfg.logs / "spark-events",
+        cfg.data / "redis",
+        cfg.data / "cache",
+    ):
         folder.mkdir(parents=True, exist_ok=True)
     for svc in services:
         if svc.name.startswith("spark-worker-"):
@@ -244,7 +258,9 @@ def status(cfg: ClusterSettings | None = None, services: list[Service] | None = 
         where = svc.ready[1] if svc.ready else ""
         print(f"{svc.name:24} {state:10} {'yes' if ok else 'NO':6} {where}")
     print(f"logs: {cfg.logs}   config: {conf_path(cfg)}   secrets: {cfg.state / 'secrets.json'}")
-    print(f"Airflow: http://{cfg.host}:{cfg.ports.airflow_api} (admin, password in {cfg.state / 'passwords.json'})")
+    print(
+        f"Airflow: http://{cfg.host}:{cfg.ports.airflow_api} (admin, password in {cfg.state / 'passwords.json'})"
+    )
     return 1 if bad else 0
 
 

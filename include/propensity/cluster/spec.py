@@ -128,7 +128,9 @@ class Target:
     def drift_python(self) -> str:
         if not self.native:
             return "/opt/venv-drift/bin/python"
-        return os.environ.get("PROPENSITY_DRIFT_PYTHON", str(project_home() / ".venv-drift" / "bin" / "python"))
+        return os.environ.get(
+            "PROPENSITY_DRIFT_PYTHON", str(project_home() / ".venv-drift" / "bin" / "python")
+        )
 
     # -- stores -----------------------------------------------------------------------------
     def pg_url(self, db: str, driver: str = "postgresql+psycopg") -> str:
@@ -182,16 +184,21 @@ def propensity_env(t: Target, source_path: str, source_name: str, triton: bool) 
         "PROPENSITY_SOURCE__PATH": f"s3://{bucket}/{landing_key(source_path, source_name)}",
         "PROPENSITY_SERVING__REPOSITORY": f"s3://{bucket}/models",
         "PROPENSITY_SERVING__BACKEND": "triton" if triton else "inprocess",
+        # Feast materialize writes large pipelines: no short socket timeouts here (the API has them).
+        "PROPENSITY_FEATURES__REDIS_CONNECTION": t.redis(t.cfg.redis_dbs.feast)[1],
         "PROPENSITY_FEATURES__REGISTRY": f"s3://{bucket}/feast/registry.db",
         "PROPENSITY_TRAINING__MLFLOW_TRACKING_URI": f"http://{t.host('mlflow')}:{t.port('mlflow')}",
-        # Artifacts go through the tracking server (--serve-artifacts), which writes them to S3.
-        "PROPENSITY_TRAINING__MLFLOW_ARTIFACT_ROOT": "mlflow-artifacts:/",
+        # The experiment's artifacts: written to S3 by the client; the server serves them (--serve-artifacts).
+        "PROPENSITY_TRAINING__MLFLOW_ARTIFACT_ROOT": f"s3://{bucket}/mlflow",
         "PROPENSITY_TRAINING__AUDIT_DB_URL": t.pg_url("predictions"),
         "PROPENSITY_BATCH__DB_URL": t.pg_url("predictions", "postgresql"),
         "PROPENSITY_SPARK__MASTER": f"spark://{t.host('spark-master')}:{t.port('spark_master')}",
         "PROPENSITY_SPARK__DRIVER_MEMORY": t.cfg.spark_driver_memory,
         # Executors take a slice of a small worker; every application may use every worker.
-        "PYSPARK_SUBMIT_ARGS": f"--conf spark.executor.memory={t.cfg.spark_executor_memory} pyspark-shell",
+        # Event logs: which executor (which worker) ran each task of each application.
+        "PYSPARK_SUBMIT_ARGS": f"--conf spark.executor.memory={t.cfg.spark_executor_memory}"
+        f" --conf spark.eventLog.enabled=true --conf spark.eventLog.dir=file://{t.logs('spark-events')}"
+        " pyspark-shell",
         "PYSPARK_PYTHON": t.python(),
         "PYSPARK_DRIVER_PYTHON": t.python(),
         "PYTHONPATH": f"{t.home()}/include",
@@ -218,11 +225,13 @@ def propensity_env(t: Target, source_path: str, source_name: str, triton: bool) 
 def airflow_env(t: Target, base: dict[str, str]) -> dict[str, str]:
     """Airflow 3 with the CeleryExecutor: what every component shares."""
     api = f"http://{t.host('airflow-apiserver')}:{t.port('airflow_api')}"
-    broker, feast = t.redis(t.cfg.redis_dbs.celery)[0], t.redis(t.cfg.redis_dbs.feast)[1]
+    broker = t.redis(t.cfg.redis_dbs.celery)[0]
     return base | {
-        "PROPENSITY_FEATURES__REDIS_CONNECTION": feast,
         "PROPENSITY_DRIFT_PYTHON": t.drift_python(),
         "AIRFLOW_HOME": t.home(),
+        # docker/airflow/airflow_local_settings.py: the schedule ends with the replayed export.
+        "PYTHONPATH": f"{t.home()}/include:{t.home()}/docker/airflow",
+        "PROPENSITY_SCHEDULE_END_DATE": t.cfg.schedule_end_date or "",
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": t.pg_url("airflow"),
         # Airflow 3's async engine would pick asyncpg (not installed): psycopg 3 is async too.
@@ -252,7 +261,9 @@ def airflow_env(t: Target, base: dict[str, str]) -> dict[str, str]:
         "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": t.logs("airflow", "dag_processor"),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(t.port("trigger_log_server")),
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(t.port("worker_log_server", 1)),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin" if t.native else "${AIRFLOW_USERS:-admin:admin}",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin"
+        if t.native
+        else "${AIRFLOW_USERS:-admin:admin}",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": t.state("passwords.json"),
     }
 
@@ -270,19 +281,31 @@ def build_spec(cfg: ClusterSettings, target: Target, source_path: str, source_na
     services.append(
         Service(
             "redis",
-            ["redis-server", "--bind", h, "--port", str(t.port("redis")), "--dir", t.data("redis"), "--appendonly", "yes"]
+            [
+                "redis-server",
+                "--bind",
+                h,
+                "--port",
+                str(t.port("redis")),
+                "--dir",
+                t.data("redis"),
+                "--appendonly",
+                "yes",
+            ]
             if t.native
             else ["redis-server", "--appendonly", "yes"],
             phase=0,
             ready=("tcp", f"{t.host('redis')}:{t.port('redis')}"),
             pipeline=False,
-            note="Celery broker (db %d) and Feast online store (db %d)" % (cfg.redis_dbs.celery, cfg.redis_dbs.feast),
+            note=f"Celery broker (db {cfg.redis_dbs.celery}) and Feast online store (db {cfg.redis_dbs.feast})",
         )
     )
     services.append(
         Service(
             "s3",
-            [t.exe("moto_server"), "-H", h, "-p", str(t.port("s3"))] if t.native else ["minio", "server", "/data"],
+            [t.exe("moto_server"), "-H", h, "-p", str(t.port("s3"))]
+            if t.native
+            else ["minio", "server", "/data"],
             env={"MOTO_ALLOW_NONEXISTENT_REGION": "True"} if t.native else {},
             phase=0,
             ready=("http", f"{t.s3_endpoint()}/"),
@@ -291,7 +314,9 @@ def build_spec(cfg: ClusterSettings, target: Target, source_path: str, source_na
         )
     )
     master = f"spark://{t.host('spark-master')}:{t.port('spark_master')}"
-    spark_env = base | {"SPARK_HOME": str(spark_home()) if t.native else "/opt/venv/lib/python3.11/site-packages/pyspark"}
+    spark_env = base | {
+        "SPARK_HOME": str(spark_home()) if t.native else "/opt/venv/lib/python3.11/site-packages/pyspark"
+    }
     if t.native:
         spark_env |= {"SPARK_LOCAL_IP": h, "SPARK_LOG_DIR": t.logs("spark"), "SPARK_NO_DAEMONIZE": "1"}
     services.append(
@@ -329,7 +354,13 @@ def build_spec(cfg: ClusterSettings, target: Target, source_path: str, source_na
         services.append(
             Service(
                 name,
-                [t.exe("spark-class"), "org.apache.spark.deploy.worker.Worker", master, "--host", t.host(name)]
+                [
+                    t.exe("spark-class"),
+                    "org.apache.spark.deploy.worker.Worker",
+                    master,
+                    "--host",
+                    t.host(name),
+                ]
                 + ["--cores", str(cfg.spark_worker_cores), "--memory", cfg.spark_worker_memory]
                 + ["--webui-port", str(t.port("spark_worker_ui", n))]
                 + ["--work-dir", t.data("spark-work", name) if t.native else "/tmp/spark-work"],
@@ -348,7 +379,9 @@ def build_spec(cfg: ClusterSettings, target: Target, source_path: str, source_na
         ("airflow-dag-processor", ["dag-processor"], None),
         ("airflow-triggerer", ["triggerer"], None),
     ):
-        services.append(Service(name, [t.exe("airflow"), *command], env=af | {SERVICE_NAME_ENV: name}, ready=ready))
+        services.append(
+            Service(name, [t.exe("airflow"), *command], env=af | {SERVICE_NAME_ENV: name}, ready=ready)
+        )
     for n in range(1, cfg.celery_workers + 1):
         name = f"airflow-worker-{n}"
         env = af | {
@@ -356,6 +389,8 @@ def build_spec(cfg: ClusterSettings, target: Target, source_path: str, source_na
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(t.port("worker_log_server", n)),
             # The Spark driver runs inside the task: executors connect back to it at this address.
             "PROPENSITY_SPARK__BIND_ADDRESS": t.host(name),
+            # Celery's warm shutdown needs the signal to reach the worker alone (the image's dumb-init).
+            "DUMB_INIT_SETSID": "0",
         }
         services.append(
             Service(
@@ -395,7 +430,12 @@ def triton_service(t: Target, *, enabled: bool) -> Service:
     if t.native:
         command = [str(t.cfg.triton_python), "-m", "propensity.serving.triton_server"]
         command += ["--model-repository", repo, "--http-port", str(t.port("triton_http"))]
-        command += ["--grpc-port", str(t.port("triton_grpc")), "--metrics-port", str(t.port("triton_metrics"))]
+        command += [
+            "--grpc-port",
+            str(t.port("triton_grpc")),
+            "--metrics-port",
+            str(t.port("triton_metrics")),
+        ]
     else:
         command = ["tritonserver", f"--model-repository={repo}", "--model-control-mode=explicit"]
     return Service(
