@@ -1,0 +1,114 @@
+"""The production deployment, running: the loop through the native cluster's real scheduler.
+
+The module's fixture brings the cluster up (``make cluster-up``: supervisord, Redis, moto S3, MLflow
+server, Airflow 3 with two Celery workers, a Spark master with two workers, the API) when it is not
+running, and runs ``make cluster-demo``'s loop on its short window (config/cluster.yaml: three weeks
+of the shared data) unless that already happened on this cluster. Every assertion reads the running
+system: Airflow's REST API, the Spark master and the applications' event logs, S3, Postgres, MLflow
+and the API. A cluster this module started is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import pytest
+
+from propensity.cluster import control, inspect
+from propensity.cluster.demo import DAGS, run_demo
+from propensity.cluster.rest import Airflow
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cluster(real_data) -> Iterator[dict]:
+    cfg, secrets, _ = control.spec()
+    started_here = not control.supervisord_running(cfg)
+    if control.up() != 0:
+        pytest.fail(f"cluster-up left a service down: logs in {cfg.logs}")
+    try:
+        demo = cfg.demo
+        last = dt.date.fromisoformat(demo.backfill_to) + dt.timedelta(days=1)
+        if last.isoformat() not in inspect.prediction_rows(cfg):
+            run_demo(timeout=2400)
+        yield {"cfg": cfg, "secrets": secrets, "airflow": Airflow.of(cfg)}
+    finally:
+        if started_here:
+            control.down()
+
+
+def test_task_instances_ran_on_both_celery_workers(cluster):
+    tis = [t for t in inspect.task_instances(cluster["airflow"], DAGS) if t["state"] == "success"]
+    assert tis, "no task instance succeeded"
+    hosts = {t["hostname"] for t in tis}
+    # The hostname_callable of the cluster reports the worker's service name (compose: its host name).
+    assert hosts == {"airflow-worker-1", "airflow-worker-2"}, hosts
+    assert {t["queue"] for t in tis} == {"default"}
+    ran = {(t["dag_id"], t["task_id"]) for t in tis}
+    for needed in [
+        ("bootstrap", "history_features"),
+        ("ingest", "validate_events"),
+        ("training", "deploy_champion"),
+    ]:
+        assert needed in ran, f"{needed} never succeeded"
+    assert ("batch_inference", "score_customers") in ran
+
+
+def test_spark_jobs_ran_on_the_standalone_master_with_tasks_on_both_workers(cluster):
+    cfg = cluster["cfg"]
+    apps = {a["id"]: a for a in inspect.spark_applications(cfg)}
+    by_name = {a["name"] for a in apps.values()}
+    assert "propensity-features" in by_name, by_name
+    per_worker = inspect.tasks_per_worker(cfg)
+    workers = {f"http://{cfg.host}:{cfg.ports.spark_worker_ui_base + n}" for n in range(cfg.spark_workers)}
+    spread = [app for app, counts in per_worker.items() if app in apps and set(counts) >= workers]
+    assert spread, f"no application of the master ran tasks on both workers: {per_worker}"
+    feature_apps = [a for a in spread if apps[a]["name"] == "propensity-features"]
+    assert feature_apps, f"the feature job's tasks were not spread: {per_worker}"
+    for app in feature_apps:
+        assert all(per_worker[app][w] > 0 for w in workers)
+        assert "driver" not in per_worker[app], "a task ran in the driver, not on an executor"
+
+
+def test_artifacts_are_in_s3(cluster):
+    cfg, secrets = cluster["cfg"], cluster["secrets"]
+    areas = inspect.zone_summary(inspect.s3_objects(cfg, secrets))
+    for area in (
+        "zones/raw/events",
+        "zones/validated/events",
+        "zones/offline/customer_features",
+        "models",
+        "mlflow",
+        "feast",
+    ):
+        assert areas.get(area, 0) > 0, f"nothing under s3://{cfg.bucket}/{area}: {areas}"
+    runs = inspect.mlflow_runs(cfg, "purchase_propensity")
+    assert runs and all(r["info"]["artifact_uri"].startswith(f"s3://{cfg.bucket}/mlflow") for r in runs)
+
+
+def test_predictions_are_in_postgres_for_every_backfilled_day(cluster):
+    cfg = cluster["cfg"]
+    rows = inspect.prediction_rows(cfg)
+    first = dt.date.fromisoformat(cfg.demo.backfill_from)
+    last = dt.date.fromisoformat(cfg.demo.backfill_to)
+    # ingest day V publishes validated_events -> features computes the snapshot as of V + 1 -> scored.
+    days = [(first + dt.timedelta(days=i + 1)).isoformat() for i in range((last - first).days + 1)]
+    scored = {d: rows.get(d, 0) for d in days}
+    assert all(n > 100 for n in scored.values()), scored
+
+
+def test_the_api_answers_with_the_champion(cluster):
+    cfg, secrets = cluster["cfg"], cluster["secrets"]
+    champion = [
+        v
+        for v in inspect.registered_versions(cfg, "purchase_propensity")
+        if "champion" in v.get("aliases", [])
+    ]
+    assert len(champion) == 1, champion
+    customer = inspect.top_customer(cfg)
+    status, body = inspect.api_answer(cfg, secrets, customer)
+    assert status == 200, body
+    assert str(body["model_version"]) == str(champion[0]["version"]), body
+    assert 0.0 <= body["score"] <= 1.0
