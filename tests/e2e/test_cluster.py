@@ -6,11 +6,19 @@ running, and runs ``make cluster-demo``'s loop on its short window (config/clust
 of the shared data) unless that already happened on this cluster. Every assertion reads the running
 system: Airflow's REST API, the Spark master and the applications' event logs, S3, Postgres, MLflow
 and the API. A cluster this module started is stopped at the end.
+
+Last, a fault: a Celery worker killed mid-task (SIGKILL to its process group: the worker and the
+task it runs). The task stops heart-beating, the scheduler fails it after the cluster's
+``task_heartbeat_timeout_s`` and its retry runs on the other worker; the days' partitions are
+complete, each exactly once, with the bytes the first run wrote.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -112,3 +120,60 @@ def test_the_api_answers_with_the_champion(cluster):
     assert status == 200, body
     assert str(body["model_version"]) == str(champion[0]["version"]), body
     assert 0.0 <= body["score"] <= 1.0
+
+
+# -- faults ------------------------------------------------------------------------------------
+DAY_PREFIX = "zones/validated/events/date="
+
+
+def _days(first: str, n: int) -> list[str]:
+    start = dt.date.fromisoformat(first)
+    return [(start + dt.timedelta(days=i)).isoformat() for i in range(n)]
+
+
+def _kill_group(cfg, program: str) -> None:
+    """SIGKILL the program's process group (supervisord starts each program in its own), then keep
+    supervisord from restarting it, so the retry has to go elsewhere."""
+    pid = int(control.ctl(cfg, "pid", program).stdout.strip())
+    os.killpg(os.getpgid(pid), signal.SIGKILL)
+    control.ctl(cfg, "stop", program)
+
+
+def _wait_ti(airflow, dag_id: str, run_id: str, task_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for ti in airflow.task_instances(dag_id, run_id):
+            if ti["task_id"] == task_id and ti["state"] == "running" and ti["hostname"]:
+                return ti
+        time.sleep(1)
+    raise AssertionError(f"{dag_id}.{task_id} never ran within {timeout}s")
+
+
+def test_a_celery_worker_killed_mid_task_is_retried_on_the_other(cluster):
+    cfg, secrets, airflow = cluster["cfg"], cluster["secrets"], cluster["airflow"]
+    days = _days(cfg.demo.first_day, 7)
+    before = inspect.content_hashes(cfg, secrets, "zones/validated/events/")
+    run_id = airflow.trigger(
+        "bootstrap",
+        {"first_day": days[0], "last_day": days[-1], "daily_snapshots_from": None, "data_docs": False},
+    )
+    ti = _wait_ti(airflow, "bootstrap", run_id, "ingest_history", timeout=600)
+    victim = ti["hostname"]
+    time.sleep(3)  # mid-task: collecting and validating the days
+    _kill_group(cfg, victim)
+    try:
+        run = airflow.wait_run("bootstrap", run_id, timeout=1200)
+    finally:
+        control.ctl(cfg, "start", victim)
+    assert run["state"] == "success", run
+    final = next(t for t in airflow.task_instances("bootstrap", run_id) if t["task_id"] == "ingest_history")
+    assert final["try_number"] >= 2, final
+    survivor = {"airflow-worker-1", "airflow-worker-2"} - {victim}
+    assert final["hostname"] in survivor, (victim, final["hostname"])
+    after = inspect.content_hashes(cfg, secrets, "zones/validated/events/")
+    for day in days:
+        keys = [k for k in after if k.startswith(f"{DAY_PREFIX}{day}/")]
+        assert keys == [f"{DAY_PREFIX}{day}/part-0.parquet"] or keys == [], (day, keys)
+        for key in keys:
+            assert after[key] == before[key], f"{key} changed on the retry"
+    assert any(k.startswith(f"{DAY_PREFIX}{d}/") for d in days for k in after)

@@ -94,11 +94,12 @@ def tasks_per_worker(cfg: ClusterSettings) -> dict[str, dict[str, int]]:
     An executor's log URLs name the worker that launched it (its web UI port): every worker here
     shares one host, so that is what tells them apart."""
     out: dict[str, dict[str, int]] = {}
-    for path in sorted((cfg.logs / "spark-events").glob("app-*")):
+    folder = cfg.logs / "spark-events"
+    for path in sorted([*folder.glob("app-*"), *folder.glob("eventlog_v2_*/events_*")]):
         executors: dict[str, str] = {}
         counts: defaultdict[str, int] = defaultdict(int)
         app = path.name.split(".")[0]
-        for line in path.read_text(errors="replace").splitlines():
+        for line in _event_lines(path):
             event = json.loads(line)
             kind = event.get("Event")
             if kind == "SparkListenerApplicationStart":
@@ -111,6 +112,17 @@ def tasks_per_worker(cfg: ClusterSettings) -> dict[str, dict[str, int]]:
                 counts[executors.get(event["Task Info"]["Executor ID"], "driver")] += 1
         out[app] = dict(counts)
     return out
+
+
+def _event_lines(path: Path) -> list[str]:
+    """An event log's JSON lines; Spark 4 writes rolling, zstd-compressed files by default."""
+    import pyarrow as pa
+
+    if path.suffix in (".zstd", ".lz4", ".snappy"):
+        codec = {".zstd": "zstd", ".lz4": "lz4", ".snappy": "snappy"}[path.suffix]
+        with pa.CompressedInputStream(pa.OSFile(str(path)), codec) as stream:
+            return stream.read().decode(errors="replace").splitlines()
+    return path.read_text(errors="replace").splitlines()
 
 
 def task_instances(airflow, dag_ids: tuple[str, ...]) -> list[dict[str, Any]]:
