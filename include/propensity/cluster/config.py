@@ -75,6 +75,7 @@ class ClusterSettings(BaseSettings):
     spark_worker_memory: str = "1g"
     spark_executor_memory: str = "640m"
     spark_driver_memory: str = "1g"
+    spark_zone_io: str = "executors"
     mlflow_workers: int = 1
     airflow_api_workers: int = 1
     task_heartbeat_timeout_s: int = 60

@@ -194,6 +194,8 @@ def propensity_env(t: Target, source_path: str, source_name: str, triton: bool) 
         "PROPENSITY_BATCH__DB_URL": t.pg_url("predictions", "postgresql"),
         "PROPENSITY_SPARK__MASTER": f"spark://{t.host('spark-master')}:{t.port('spark_master')}",
         "PROPENSITY_SPARK__DRIVER_MEMORY": t.cfg.spark_driver_memory,
+        # S3 zones read and written by the executors (features/distributed_io.py), not the driver.
+        "PROPENSITY_SPARK__ZONE_IO": t.cfg.spark_zone_io,
         # Executors take a slice of a small worker; every application may use every worker.
         # Event logs: which executor (which worker) ran each task of each application.
         "PYSPARK_SUBMIT_ARGS": f"--conf spark.executor.memory={t.cfg.spark_executor_memory}"
