@@ -96,15 +96,16 @@ def test_artifacts_are_in_s3(cluster):
     assert runs and all(r["info"]["artifact_uri"].startswith(f"s3://{cfg.bucket}/mlflow") for r in runs)
 
 
-def test_predictions_are_in_postgres_for_every_backfilled_day(cluster):
+def test_predictions_are_in_postgres_for_the_backfilled_days(cluster):
     cfg = cluster["cfg"]
     rows = inspect.prediction_rows(cfg)
-    first = dt.date.fromisoformat(cfg.demo.backfill_from)
     last = dt.date.fromisoformat(cfg.demo.backfill_to)
-    # ingest day V publishes validated_events -> features computes the snapshot as of V + 1 -> scored.
-    days = [(first + dt.timedelta(days=i + 1)).isoformat() for i in range((last - first).days + 1)]
-    scored = {d: rows.get(d, 0) for d in days}
-    assert all(n > 100 for n in scored.values()), scored
+    # ingest of day V publishes validated_events -> features computes the snapshot as of V + 1 ->
+    # batch_inference scores it. Asset events that queue while a features run is busy are taken
+    # together: that run computes every date and announces the newest, which is scored.
+    newest = (last + dt.timedelta(days=1)).isoformat()
+    assert rows.get(newest, 0) > 100, rows
+    assert all(n > 100 for n in rows.values()), rows
 
 
 def test_the_api_answers_with_the_champion(cluster):
@@ -177,3 +178,36 @@ def test_a_celery_worker_killed_mid_task_is_retried_on_the_other(cluster):
         for key in keys:
             assert after[key] == before[key], f"{key} changed on the retry"
     assert any(k.startswith(f"{DAY_PREFIX}{d}/") for d in days for k in after)
+
+
+def test_a_spark_worker_killed_mid_job_the_job_completes(cluster):
+    """SIGKILL to a Spark worker's group (the worker and its executor) while the feature job runs:
+    Spark reschedules the lost tasks on the other worker; the run succeeds without an Airflow retry
+    and the snapshot has the bytes it had."""
+    import httpx
+
+    cfg, secrets, airflow = cluster["cfg"], cluster["secrets"], cluster["airflow"]
+    day = dt.date.fromisoformat(cfg.demo.backfill_to)
+    key = f"zones/offline/customer_features/date={(day + dt.timedelta(days=1)).isoformat()}/part-0.parquet"
+    before = inspect.content_hashes(cfg, secrets, key)[key]
+    run_id = airflow.api(
+        "POST", "dags/features/dagRuns", json={"logical_date": f"{day.isoformat()}T00:00:00Z", "conf": {}}
+    )["dag_run_id"]
+    worker_ui = f"http://{cfg.host}:{cfg.ports.spark_worker_ui_base}/json/"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if httpx.get(worker_ui, timeout=5).json().get("executors"):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the feature job never got an executor on spark-worker-1")
+    time.sleep(2)
+    _kill_group(cfg, "spark-worker-1")
+    try:
+        run = airflow.wait_run("features", run_id, timeout=1200)
+    finally:
+        control.ctl(cfg, "start", "spark-worker-1")
+    assert run["state"] == "success", run
+    tis = {t["task_id"]: t for t in airflow.task_instances("features", run_id)}
+    assert tis["compute_features"]["try_number"] == 1, "Spark, not an Airflow retry, recovered the job"
+    assert inspect.content_hashes(cfg, secrets, key)[key] == before
