@@ -20,6 +20,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -132,11 +133,39 @@ def _days(first: str, n: int) -> list[str]:
     return [(start + dt.timedelta(days=i)).isoformat() for i in range(n)]
 
 
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def _kill_group(cfg, program: str) -> None:
-    """SIGKILL the program's process group (supervisord starts each program in its own), then keep
-    supervisord from restarting it, so the retry has to go elsewhere."""
+    """SIGKILL a program and everything under it, as when its host dies: its process group
+    (supervisord starts each program in its own) and the groups its children made (Airflow runs each
+    task in a group of its own); then keep supervisord from restarting it, so the retry has to go
+    elsewhere."""
     pid = int(control.ctl(cfg, "pid", program).stdout.strip())
-    os.killpg(os.getpgid(pid), signal.SIGKILL)
+    groups = {os.getpgid(pid)}
+    for child in _descendants(pid):
+        try:
+            groups.add(os.getpgid(child))
+        except ProcessLookupError:
+            continue
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
     control.ctl(cfg, "stop", program)
 
 
