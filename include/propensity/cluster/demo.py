@@ -38,6 +38,16 @@ def airflow_cli(services, *args: str, timeout: float = 300) -> str:
     return done.stdout
 
 
+def resume(af: Airflow, dag_id: str, conf: dict) -> str | None:
+    """A run of ``dag_id`` with this conf that succeeded or is still going (the demo resumes it)."""
+    for run in reversed(af.runs(dag_id)):
+        same = all((run.get("conf") or {}).get(k) == v for k, v in conf.items())
+        if same and run["state"] in ("success", "running", "queued"):
+            print(f"[demo] resuming {dag_id} {run['dag_run_id']} ({run['state']})", flush=True)
+            return run["dag_run_id"]
+    return None
+
+
 def backfill(af: Airflow, services, demo, timeout: float) -> None:
     print(
         f"[demo] on-call backfill: airflow backfill create --dag-id ingest {demo.backfill_from}..{demo.backfill_to}"
@@ -92,12 +102,13 @@ def run_demo(timeout: float = 3600, *, verify_backfill: bool = True) -> dict:
         "last_day": demo.last_day,
         "daily_snapshots_from": demo.daily_snapshots_from,
     }
-    run_id = af.trigger("bootstrap", conf | {"data_docs": False})
+    run_id = resume(af, "bootstrap", conf) or af.trigger("bootstrap", conf | {"data_docs": False})
     print(f"[demo] bootstrap {demo.first_day}..{demo.last_day} triggered over REST: {run_id}", flush=True)
     if af.wait_run("bootstrap", run_id, timeout)["state"] != "success":
         raise RuntimeError(f"bootstrap {run_id} failed: {cfg.logs}/airflow")
 
-    run_id = af.trigger("training", {"training_end_date": demo.training_as_of, "reason": "cluster-demo"})
+    params = {"training_end_date": demo.training_as_of, "reason": "cluster-demo"}
+    run_id = resume(af, "training", params) or af.trigger("training", params)
     print(f"[demo] training as of {demo.training_as_of} triggered with Params: {run_id}", flush=True)
     if af.wait_run("training", run_id, timeout)["state"] != "success":
         raise RuntimeError(f"training {run_id} failed: {cfg.logs}/airflow")
