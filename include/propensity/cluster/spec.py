@@ -215,9 +215,10 @@ def propensity_env(t: Target, source_path: str, source_name: str, triton: bool) 
         "GX_ANALYTICS_ENABLED": "False",
         "DO_NOT_TRACK": "1",
     }
-    if triton:
-        env["PROPENSITY_SERVING__TRITON_URL"] = f"{t.host('triton')}:{t.port('triton_grpc')}"
-        env["PROPENSITY_SERVING__TRITON_PROTOCOL"] = "grpc"
+    # Empty without Triton: the deploy step writes the S3 repository and loads nothing (prod.yaml
+    # names a server, which would make every deploy fail where none runs).
+    env["PROPENSITY_SERVING__TRITON_URL"] = f"{t.host('triton')}:{t.port('triton_grpc')}" if triton else ""
+    env["PROPENSITY_SERVING__TRITON_PROTOCOL"] = "grpc"
     if t.native:
         # The native cluster runs the demo's short window: small, fast training (see cluster.yaml).
         env |= t.cfg.demo.pipeline_overrides

@@ -14,14 +14,12 @@ from supervisor.datatypes import dict_of_key_value_pairs
 
 from propensity.cluster.compose import COMPOSE_NAME, compose_path, compose_spec, render_compose
 from propensity.cluster.config import ClusterSettings
-from propensity.cluster.spec import SECRET_NAMES, Target, build_spec, triton_enabled
+from propensity.cluster.spec import SECRET_NAMES, Target, build_spec
 from propensity.cluster.supervisor import render
 from propensity.core.settings import committed_settings
 
 # Set only on this machine: Spark's loopback and log folder, and the demo's short-window training.
 NATIVE_ONLY = {"SPARK_LOCAL_IP", "SPARK_LOG_DIR", "SPARK_NO_DAEMONIZE"}
-# Where Triton is: set in compose always, natively only when .venv-triton exists (else in-process).
-TRITON_ONLY = {"PROPENSITY_SERVING__TRITON_URL", "PROPENSITY_SERVING__TRITON_PROTOCOL"}
 
 
 @pytest.fixture
@@ -63,8 +61,7 @@ def test_both_deployments_have_the_same_services_commands_and_environment(cfg, n
         for ours, other in zip(svc.command[1:], theirs["command"][1:], strict=True):
             if ours.startswith("-") or other.startswith("-"):
                 assert ours == other, f"{svc.name}: {ours} vs {other}"
-        theirs_env = set(theirs["environment"]) - (set() if triton_enabled(cfg) else TRITON_ONLY)
-        assert set(svc.env) - NATIVE_ONLY - overrides == theirs_env, svc.name
+        assert set(svc.env) - NATIVE_ONLY - overrides == set(theirs["environment"]), svc.name
     pipeline_in_compose = {n for n, s in compose.items() if s.get("image", "").startswith("propensity-")}
     assert pipeline_in_compose - {"init"} == {s.name for s in native if s.pipeline}
 
