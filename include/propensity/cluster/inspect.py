@@ -151,6 +151,13 @@ def registered_versions(cfg: ClusterSettings, model: str) -> list[dict[str, Any]
     return r.json().get("model_versions", []) if r.status_code == 200 else []
 
 
+def champion_version(cfg: ClusterSettings, model: str) -> str | None:
+    """The version the registry's ``champion`` alias points at (None: no champion)."""
+    base = f"http://{cfg.host}:{cfg.ports.mlflow}/api/2.0/mlflow"
+    r = httpx.get(f"{base}/registered-models/alias", params={"name": model, "alias": "champion"}, timeout=10)
+    return r.json()["model_version"]["version"] if r.status_code == 200 else None
+
+
 def api_answer(cfg: ClusterSettings, secrets: dict[str, str], customer_id: str) -> tuple[int, Any]:
     key = secrets["PROPENSITY_API_KEYS"].split(",")[0]
     r = httpx.post(
