@@ -183,7 +183,7 @@ def test_a_celery_worker_killed_mid_task_is_retried_on_the_other(cluster):
     before = inspect.content_hashes(cfg, secrets, "zones/validated/events/")
     run_id = airflow.trigger(
         "bootstrap",
-        {"first_day": days[0], "last_day": days[-1], "daily_snapshots_from": None, "data_docs": False},
+        {"first_day": days[0], "last_day": days[-1], "daily_snapshots_from": days[-1], "data_docs": False},
     )
     ti = _wait_ti(airflow, "bootstrap", run_id, "ingest_history", timeout=600)
     victim = ti["hostname"]
