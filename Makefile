@@ -111,3 +111,18 @@ BENCH_ARGS ?= --timeout 900
 .PHONY: bench
 bench: setup venv-triton
 	$(PY) bench/run_all.py $(BENCH_ARGS)
+
+# The production deployment as native processes under supervisord (config/cluster.yaml; logs,
+# secrets and data under data/cluster/). Idempotent: cluster-up starts what is not running.
+.PHONY: cluster-up cluster-status cluster-down cluster-demo
+cluster-up: setup
+	$(PY) -m propensity.cluster up
+
+cluster-status: venv
+	$(PY) -m propensity.cluster status
+
+cluster-down: venv
+	$(PY) -m propensity.cluster down
+
+cluster-demo: cluster-up
+	$(PY) -m propensity.cluster demo

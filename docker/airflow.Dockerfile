@@ -42,6 +42,8 @@ COPY plugins/ plugins/
 COPY feature_repo/ feature_repo/
 COPY models/ models/
 COPY docker/init_deployment.py docker/
+# The cluster policy (schedules end with a replayed export); on PYTHONPATH per the spec.
+COPY docker/airflow/airflow_local_settings.py docker/airflow/
 # Not editable: the package lives in site-packages, settings find config/ through PROPENSITY_HOME.
 RUN /opt/venv/bin/pip install --no-deps . \
     && /opt/venv-drift/bin/pip install --no-deps . \
@@ -57,7 +59,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 # Non-root; the folders the processes write to are theirs (named volumes inherit this ownership).
 RUN useradd --uid 50000 --gid 0 --create-home --home-dir /home/propensity propensity \
-    && mkdir -p logs data/cache /opt/airflow-state \
+    && mkdir -p logs/spark-events data/cache /opt/airflow-state \
     && chown -R 50000:0 logs data /opt/airflow-state
 USER 50000
 

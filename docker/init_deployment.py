@@ -11,6 +11,7 @@ Idempotent, so ``docker compose up`` may run it on every start:
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ from urllib.parse import urlparse
 
 log = logging.getLogger("init_deployment")
 
-IMPORT_DIR = Path("/import")
+# Where the raw export is found for upload: the compose mount, or the native cluster's data folder.
+IMPORT_DIR = Path(os.environ.get("PROPENSITY_IMPORT_DIR", "/import"))
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -34,8 +36,8 @@ def main() -> int:
     import boto3
     from botocore.exceptions import ClientError
 
-    from propensity.features.store import feature_store
     from propensity.core.settings import get_settings
+    from propensity.features.store import feature_store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()

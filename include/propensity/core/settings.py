@@ -151,6 +151,10 @@ class SparkSettings(BaseModel):
     shuffle_partitions: int = 4
     # Where the driver listens (RPC, blocks, UI): loopback unless executors elsewhere must reach it.
     bind_address: str | None = "127.0.0.1"
+    # How S3 zones reach the feature job: read on the driver through Arrow and collected back
+    # ("driver"), read and written by the executors themselves (pyarrow's S3 inside mapInArrow,
+    # features/distributed_io.py), or by Spark's own s3a connector (an image with hadoop-aws).
+    zone_io: Literal["driver", "executors", "s3a"] = "driver"
 
 
 class ValidationSettings(BaseModel):

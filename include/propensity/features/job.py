@@ -405,16 +405,64 @@ def compute_features(settings: Settings, as_of_dates: Sequence[dt.date]) -> list
     log.info(
         "features as of %s..%s (%d dates) from validated %s..%s", dates[0], dates[-1], len(dates), start, end
     )
-    events = read_validated(spark, store, days)
+    on_executors = not store.is_local and settings.spark.zone_io != "driver"
+    if on_executors:
+        from propensity.features import distributed_io
+
+        events = _read_validated_distributed(spark, store, days, settings)
+    else:
+        events = read_validated(spark, store, days)
     frame = customer_features(events, dates, history_days=cfg.history_days, home_countries=cfg.home_countries)
-    snapshots = to_snapshots(frame)
+    if on_executors:
+        # Executors write their dates' partitions; the driver gets (URI, rows) back, never the rows.
+        written = distributed_io.write_on_executors(
+            frame,
+            store,
+            *SNAPSHOTS,
+            SNAPSHOT_SCHEMA,
+            ENTITY_KEY,
+            endpoint=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            partitions=len(dates),
+        )
+        snapshots = {}
+    else:
+        written, snapshots = {}, to_snapshots(frame)
     uris = []
     for day in dates:
+        if day in written:
+            uris.append(written[day][0])
+            log.info(
+                "snapshot %s: %d customers -> %s (written by an executor)", day, written[day][1], uris[-1]
+            )
+            continue
         # A date with no active customer still gets an (empty) snapshot: "computed, nobody active".
         table = snapshots.get(day, SNAPSHOT_SCHEMA.empty_table())
         uris.append(write_partition(store, *SNAPSHOTS, day, table))
         log.info("snapshot %s: %d customers -> %s", day, table.num_rows, uris[-1])
     return uris
+
+
+def _read_validated_distributed(
+    spark: SparkSession, store: Store, days: Sequence[dt.date], settings: Settings
+) -> DataFrame:
+    """``spark.zone_io``: ``executors`` (pyarrow S3 inside mapInArrow) or ``s3a`` (hadoop-aws)."""
+    from propensity.features import distributed_io
+
+    cols = [*EVENT_COLUMNS, "line_kind"]
+    if settings.spark.zone_io == "s3a":
+        return spark.read.parquet(*distributed_io.s3a_paths(store, *VALIDATED_EVENTS, days)).select(*cols)
+    last = store.path(*partition_parts(*VALIDATED_EVENTS, days[-1]), PART_FILE)
+    schema = pq.read_schema(last, filesystem=store.fs)
+    return distributed_io.read_on_executors(
+        spark,
+        store,
+        *VALIDATED_EVENTS,
+        days,
+        pa.schema([schema.field(c) for c in cols]),
+        endpoint=settings.s3_endpoint_url,
+        region=settings.s3_region,
+    )
 
 
 def read_snapshot(settings: Settings, as_of: dt.date) -> pa.Table:

@@ -173,6 +173,10 @@ def feature_store(
     registry = resolve_path(settings.features.registry)
     if "://" not in registry:
         os.makedirs(os.path.dirname(registry), exist_ok=True)
+    if offline_source_location(settings).path.startswith("s3://"):
+        from propensity.features.s3_fsspec import register_s3_fsspec
+
+        register_s3_fsspec()  # Feast reads S3 sources through fsspec: pyarrow's S3, no s3fs
     store = FeatureStore(config=repo_config(settings, engine=engine, serving=serving))
     if apply:
         store.apply(definitions(settings))
