@@ -56,7 +56,12 @@ demo: setup venv-triton
 	$(PY) -m propensity.cli demo
 
 test: setup venv-triton
-	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider -m "not cluster" $(PYTEST_ARGS)
+
+# The native cluster end to end (tests/e2e/test_cluster.py): brings the cluster up if it is down.
+.PHONY: test-cluster
+test-cluster: setup venv-triton
+	$(PY) -m pytest -p no:cacheprovider -m cluster $(PYTEST_ARGS)
 
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

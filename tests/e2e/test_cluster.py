@@ -28,7 +28,9 @@ from propensity.cluster import control, inspect
 from propensity.cluster.demo import DAGS, run_demo
 from propensity.cluster.rest import Airflow
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Not in `make test` (CI's 40 minutes): the loop on the cluster takes ~25 min here and its fault
+# cases are not all green yet (issue 18). `make test-cluster` runs it.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")
