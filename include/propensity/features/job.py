@@ -7,6 +7,8 @@ order (a non-return product line) in the 365 days before D, computed only from e
 
 The features, their definitions and the snapshot schema are in :mod:`propensity.features.spec`.
 
+Over 500 lines: one Spark plan (line aggregations, per-customer features, the per-snapshot BG/NBD
+fit) and its two IO paths (driver or executors) read together; splitting would cut the plan.
 """
 
 from __future__ import annotations
