@@ -19,7 +19,7 @@ same keys with ``spark.read.parquet("s3a://...")``.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -76,10 +76,12 @@ def write_on_executors(
     endpoint: str | None,
     region: str,
     partitions: int,
+    prepare: Callable[[pa.Table], pa.Table] | None = None,
 ) -> dict[dt.date, tuple[str, int]]:
     """Replace one partition per ``as_of`` date of ``frame`` from the executors; date -> (URI, rows).
 
-    Rows are sorted by ``sort_key`` and cast to ``schema`` as the driver-side path does, so a
+    Rows are sorted by ``sort_key``, passed through ``prepare`` (per-date columns the driver-side
+    path adds, e.g. the snapshot's own BG/NBD fit) and cast to ``schema`` as that path does, so a
     snapshot has the same bytes whichever path wrote it."""
     uri = store.uri
 
@@ -93,7 +95,10 @@ def write_on_executors(
         out_days, out_uris, out_rows = [], [], []
         for day in sorted(set(as_of.to_pylist())):
             part = table.filter(pc.equal(as_of, pa.scalar(day, as_of.type))).drop_columns(["as_of"])
-            part = part.sort_by([(sort_key, "ascending")]).select(schema.names).cast(schema)
+            part = part.sort_by([(sort_key, "ascending")])
+            if prepare is not None:
+                part = prepare(part)
+            part = part.select(schema.names).cast(schema)
             out_uris.append(write_partition(target, zone, dataset, day, part))
             out_days.append(day)
             out_rows.append(part.num_rows)

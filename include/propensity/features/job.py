@@ -426,6 +426,7 @@ def compute_features(settings: Settings, as_of_dates: Sequence[dt.date]) -> list
             endpoint=settings.s3_endpoint_url,
             region=settings.s3_region,
             partitions=len(dates),
+            prepare=with_btyd,
         )
         snapshots = {}
     else:
