@@ -219,6 +219,7 @@ class GateThresholds(BaseModel):
     min_auc_first_model: float = Field(0.70, description="first model (no champion): absolute AUC floor")
     min_gain_over_recency_baseline: float = Field(0.0, description="first model: margin over recency-only")
     min_gain_over_best_baseline: float = Field(0.0, description="first model: margin over the best baseline")
+    enforce_best_baseline: bool = False  # False: the best-baseline check is reported, not gating
     shadow_max_psi: float = Field(0.25, description="shadow: PSI of challenger vs champion scores at most")
     shadow_min_rank_corr: float = Field(0.80, description="shadow: Spearman rank agreement at least")
     shadow_max_error_rate: float = Field(0.0, description="shadow: share of rows the challenger fails")

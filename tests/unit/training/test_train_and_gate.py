@@ -127,7 +127,7 @@ def test_first_model_must_beat_the_recency_baseline():
     comparison = {"challenger_auc": 0.74, "champion_auc": None, "segments": []}
     shadow = {"error_rate": 0.0, "p99_ms": 1.0, "rows": 10, "source": "snapshot"}
     assert decide(comparison, shadow, {"recency": 0.70}, GateThresholds())["passed"] is True
-    refused = decide(comparison, shadow, {"recency": 0.76}, GateThresholds())
+    refused = decide(comparison, shadow, {"recency": 0.76}, GateThresholds(enforce_best_baseline=True))
     failed = [c["name"] for c in refused["checks"] if not c["passed"]]
     assert failed == ["beats_recency_baseline", "beats_best_baseline"]
 
@@ -136,7 +136,8 @@ def test_first_model_must_beat_the_best_baseline_and_the_report_lists_them():
     comparison = {"challenger_auc": 0.74, "champion_auc": None, "segments": []}
     shadow = {"error_rate": 0.0, "p99_ms": 1.0, "rows": 10, "source": "snapshot"}
     baselines = {"recency": 0.67, "frequency": 0.66, "bgnbd": 0.75, "rfm_xgb": 0.73}
-    refused = decide(comparison, shadow, baselines, GateThresholds())
+    enforced = GateThresholds(enforce_best_baseline=True)
+    refused = decide(comparison, shadow, baselines, enforced)
     checks = {c["name"]: c for c in refused["checks"]}
     assert [n for n, c in checks.items() if not c["passed"]] == ["beats_best_baseline"]
     assert checks["beats_best_baseline"]["threshold"] == 0.75
@@ -144,9 +145,14 @@ def test_first_model_must_beat_the_best_baseline_and_the_report_lists_them():
     text = render_markdown(refused)
     assert "bgnbd 0.75" in text and "rfm_xgb 0.73" in text and "| beats_best_baseline |" in text
     # A baseline that could not be scored is named, and the best scored one is used.
-    passed = decide(comparison, shadow, {**baselines, "bgnbd": float("nan")}, GateThresholds())
+    passed = decide(comparison, shadow, {**baselines, "bgnbd": float("nan")}, enforced)
     best = next(c for c in passed["checks"] if c["name"] == "beats_best_baseline")
     assert passed["passed"] is True and best["threshold"] == 0.73 and "not scored: bgnbd" in best["detail"]
+    # Not enforced (the default): reported with verdict "warn", the gate decides on the rest.
+    advisory = decide(comparison, shadow, baselines, GateThresholds())
+    best = next(c for c in advisory["checks"] if c["name"] == "beats_best_baseline")
+    assert advisory["passed"] is True and best["met"] is False and "not enforced" in best["detail"]
+    assert "| beats_best_baseline | 0.7400 | 0.7500 | warn |" in render_markdown(advisory)
 
 
 # -- registry with real MLflow -------------------------------------------------------------
