@@ -41,7 +41,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))  # the tests' redis-server
 from bench_api import KEY, PY, free_port, make_model_and_features, serving_env, stop, wait_http  # noqa: E402
+from redis_process import RedisServer  # noqa: E402
 
 
 @dataclass
@@ -50,41 +52,6 @@ class Answer:
     status: int
     ms: float
     body: dict[str, Any]
-
-
-class Redis:
-    """A private redis-server keeping nothing on disk: a restart comes back empty."""
-
-    def __init__(self, port: int) -> None:
-        self.port, self.proc = port, None
-
-    def start(self) -> None:
-        args = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while (
-            subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout.strip()
-            != b"PONG"
-        ):
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
 
 
 def snapshot_frame(rows: dict[str, np.ndarray], day: dt.date, shift: float):
@@ -164,7 +131,7 @@ def run(seconds: float, concurrency: int, work: Path) -> dict[str, Any]:
 
     from propensity.core.settings import get_settings
 
-    redis = Redis(free_port())
+    redis = RedisServer(persist=False, port=free_port())
     environ = dict(os.environ)  # the scenario sets PROPENSITY_* for its settings: put them back after
     try:
         redis.start()
@@ -176,7 +143,7 @@ def run(seconds: float, concurrency: int, work: Path) -> dict[str, Any]:
         get_settings.cache_clear()
 
 
-def _scenario(redis: Redis, seconds: float, concurrency: int, work: Path) -> dict[str, Any]:
+def _scenario(redis: RedisServer, seconds: float, concurrency: int, work: Path) -> dict[str, Any]:
     from propensity.core.settings import Settings, get_settings
     from propensity.features.spec import MODEL_FEATURES
     from propensity.features.store import feature_store

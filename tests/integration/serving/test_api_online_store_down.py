@@ -5,11 +5,11 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from serving_models import closed_port, make_feast_store, train_booster
+from redis_process import RedisServer
+from serving_models import make_feast_store, train_booster
 
 from propensity.serving.app import create_app
 from propensity.serving.deploy import deploy_model
@@ -18,46 +18,6 @@ from propensity.serving.feature_source import FeastFeatureSource
 pytestmark = pytest.mark.integration
 
 KEY = "k"
-
-
-class RedisServer:
-    """A private redis-server on a free port; SIGTERM saves its data, so a restart keeps it."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, closed_port()
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.folder),
-                "--save",
-                "3600 1",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while (
-            subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout.strip()
-            != b"PONG"
-        ):
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
 
 
 @pytest.fixture
