@@ -381,9 +381,8 @@ def create_app(
         return JSONResponse({"detail": detail}, 413)
 
     async def answer_predict(raw: bytes, headers: Headers) -> Response:
-        """The answer to one POST /predict: 200, or 401/404/413/422/503 with its reason."""
-        if (early := before_body(headers)) is not None:
-            return early
+        """The answer to one POST /predict whose key and size were checked (``before_body``, the
+        body limit): 200, or 404/413/422/503 with its reason."""
         try:
             body = contract.parse(raw, headers.get("content-type"))
         except RequestValidationError as exc:
