@@ -265,6 +265,9 @@ def pooled(rounds: list[dict]) -> dict:
         "lat": lat,
         "timings": [t for r in rounds for t in r["timings"]],
         "rounds_p99": [float(np.percentile(r["lat"], 99)) for r in rounds],
+        "cpu_ms": {  # mean over the rounds (each round has the same number of requests)
+            k: statistics.mean(r["cpu_ms"][k] for r in rounds) for k in rounds[0].get("cpu_ms", {})
+        },
     }
 
 
@@ -284,6 +287,36 @@ def batch_counts(port: int) -> tuple[float, float]:
     text = conn.getresponse().read().decode()
     found = dict(re.findall(r"^propensity_api_batch_requests_(count|sum) ([\d.e+]+)$", text, re.M))
     return float(found.get("count", 0)), float(found.get("sum", 0))
+
+
+def cpu_seconds(proc: subprocess.Popen | None) -> float:
+    """User + system CPU of a process and its children so far (tritonserver's backend stubs too)."""
+    import psutil
+
+    if proc is None or proc.poll() is not None:
+        return 0.0
+    total = 0.0
+    root = psutil.Process(proc.pid)
+    for p in (root, *root.children(recursive=True)):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def timed_load(port: int, reqs: list[bytes], c: int, procs: dict[str, Any]) -> dict:
+    """``load`` plus each process's CPU ms per request over it (the client is this process)."""
+    before = {k: cpu_seconds(p) for k, p in procs.items()}
+    t = os.times()
+    result = load(port, reqs, c)
+    t2 = os.times()
+    n = len(result["lat"])
+    cpu = {k: (cpu_seconds(p) - before[k]) * 1e3 / n for k, p in procs.items()}
+    cpu["client"] = ((t2.user - t.user) + (t2.system - t.system)) * 1e3 / n
+    result["cpu_ms"] = cpu
+    return result
 
 
 def split_of(result: dict) -> dict[str, float]:
@@ -431,6 +464,7 @@ def main() -> int:
     alone: dict[str, dict] = {}
     rss: dict[str, float | None] = {}
     batching: dict[int, float] = {}
+    batching_t: dict[int, float] = {}
     load_avg = [os.getloadavg()]
     pressure = [cpu_pressure()]
     try:
@@ -497,13 +531,16 @@ def main() -> int:
             load(api_t_port, ours_reqs[:warm], c)
             load(mlflow_port, peer_reqs[:warm], c)
             ours_rounds, triton_rounds, peer_rounds = [], [], []
-            before = batch_counts(api_port)
+            before, before_t = batch_counts(api_port), batch_counts(api_t_port)
             for _ in range(args.rounds):
-                ours_rounds.append(load(api_port, ours_reqs, c))
-                triton_rounds.append(load(api_t_port, ours_reqs, c))
-                peer_rounds.append(load(mlflow_port, peer_reqs, c))
-            after = batch_counts(api_port)
+                ours_rounds.append(timed_load(api_port, ours_reqs, c, {"API": api}))
+                triton_rounds.append(
+                    timed_load(api_t_port, ours_reqs, c, {"API": api_t, "tritonserver": triton.proc})
+                )
+                peer_rounds.append(timed_load(mlflow_port, peer_reqs, c, {"mlflow": peer}))
+            after, after_t = batch_counts(api_port), batch_counts(api_t_port)
             batching[c] = (after[1] - before[1]) / max(after[0] - before[0], 1)
+            batching_t[c] = (after_t[1] - before_t[1]) / max(after_t[0] - before_t[0], 1)
             results["ours"][c], results["peer"][c] = pooled(ours_rounds), pooled(peer_rounds)
             results["triton"][c] = pooled(triton_rounds)
             load_avg.append(os.getloadavg())
@@ -571,14 +608,20 @@ def main() -> int:
     ):
         print(f"{label:<16}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['rows_s']:>10.0f}")
     print("peak RSS (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items() if v is not None))
-    for c in (1, 8):
-        s = split_of(results["ours"][c])
-        print(
-            f"\nours at concurrency {c} (medians): feature lookup {s['features']:.2f} ms and model "
-            f"{s['model']:.2f} ms per batch of {batching[c]:.1f} requests on average, waiting for the "
-            f"batch {s['queue']:.2f} ms, framework + HTTP {s['framework']:.2f} ms, total {s['total']:.2f} ms; "
-            f"p99 of queue + lookup + model {s['inside_p99']:.2f} ms"
-        )
+    print("\nCPU ms per request (user + system, each process with its children; the client is the bench):")
+    for who in ("ours", "triton", "peer"):
+        for c in (1, 8):
+            cpu = results[who][c]["cpu_ms"]
+            print(f"  {who:<7} c={c}: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    for who, batches in (("ours", batching), ("ours via Triton", batching_t)):
+        for c in (1, 8):
+            s = split_of(results["ours" if who == "ours" else "triton"][c])
+            print(
+                f"\n{who} at concurrency {c} (medians): feature lookup {s['features']:.2f} ms and model "
+                f"{s['model']:.2f} ms per batch of {batches[c]:.1f} requests on average, waiting for the "
+                f"batch {s['queue']:.2f} ms, framework + HTTP {s['framework']:.2f} ms, total {s['total']:.2f} ms; "
+                f"p99 of queue + lookup + model {s['inside_p99']:.2f} ms"
+            )
     o8, p8 = results["ours"][8], results["peer"][8]
     lines = [
         {

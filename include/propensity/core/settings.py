@@ -335,6 +335,10 @@ class ServingSettings(BaseModel):
     max_batch_size: int = 32768
     instance_count: int = 1
     max_queue_delay_us: int = 100
+    # FIL's cpu_nthread: threads per model call. One, as the in-process backend predicts: the API
+    # sends a few rows at a time, and OpenMP threads spinning after each call starve the API, the
+    # server and its backend process of the cores they share (bench_api: p99 at concurrency 8).
+    cpu_nthread: int = Field(default=1, ge=1)
     # Deploy parity check: served model vs the source booster on a fixed seeded sample.
     parity_rows: int = 256
     parity_tolerance: float = 1e-6

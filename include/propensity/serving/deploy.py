@@ -83,6 +83,7 @@ def render_config(settings: Settings, n_features: int, versions: list[int]) -> s
         versions=", ".join(str(v) for v in sorted(versions)),
         instance_count=s.instance_count,
         max_queue_delay_us=s.max_queue_delay_us,
+        cpu_nthread=s.cpu_nthread,
     )
 
 

@@ -45,6 +45,13 @@ def test_rendered_config_parses_into_tritons_model_config(settings):
     assert params["model_type"] == "xgboost_json"
     assert params["output_class"] == "true"
     assert params["predict_proba"] == "true"
+    assert params["cpu_nthread"] == "1"  # one thread per call, as the in-process backend predicts
+
+
+def test_the_fil_thread_count_comes_from_config(make_settings):
+    settings = make_settings(serving={"cpu_nthread": 2})
+    cfg = text_format.Parse(render_config(settings, 5, [1]), model_config_pb2.ModelConfig())
+    assert cfg.parameters["cpu_nthread"].string_value == "2"
 
 
 def test_parse_config_names_what_is_wrong(settings):
