@@ -117,3 +117,15 @@ def test_rerun_that_no_longer_triggers_removes_its_record(tmp_path) -> None:
     decide_and_record(checks(("recency",)), POLICY, day, store)
     decide_and_record(checks(), POLICY, day, store)  # e.g. re-run after a fixed feature job
     assert read_history(store, POLICY.history_path)["triggers"] == []
+
+
+def test_the_committed_policy_skips_features_that_grow_with_customer_age_and_names_real_ones() -> None:
+    from propensity.core.settings import committed_settings
+    from propensity.features.spec import MODEL_FEATURES
+
+    excluded = committed_settings().drift.exclude_features
+    # Left-censored age, and the BG/NBD outputs refitted on that age every snapshot (issue 19):
+    # monitored, they "drift" every week and retrain for nothing.
+    assert {"tenure_days", "days_since_first_order", "bgnbd_p_alive", "bgnbd_expected_30d"} <= set(excluded)
+    # A renamed feature must not leave a stale name here (the new name would be monitored silently).
+    assert [f for f in excluded if f not in MODEL_FEATURES] == []

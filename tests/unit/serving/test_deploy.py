@@ -40,7 +40,8 @@ def test_rendered_config_parses_into_tritons_model_config(settings):
     assert list(cfg.output[0].dims) == [2]
     assert list(cfg.version_policy.specific.versions) == [3, 4]
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
-    assert cfg.dynamic_batching.max_queue_delay_microseconds == 100
+    assert cfg.HasField("dynamic_batching")
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 0  # batch what is queued, wait for nothing
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["model_type"] == "xgboost_json"
     assert params["output_class"] == "true"
