@@ -53,7 +53,8 @@ def test_deploy_loads_the_version_and_both_protocols_answer_what_xgboost_answers
 
 
 def test_the_rendered_config_is_a_model_config_the_server_loads_as_written(triton, make_settings):
-    settings = make_settings(serving=triton.serving("cfg"))
+    # A delay other than the default (0) shows the server takes the rendered value, not its own.
+    settings = make_settings(serving={**triton.serving("cfg"), "max_queue_delay_us": 50})
     deploy_model(settings, train_booster(seed=1), 3, "champion")
     written = parse_config((triton.repository / "cfg" / "config.pbtxt").read_text())
     served = tg.InferenceServerClient(triton.grpc).get_model_config("cfg").config
@@ -64,7 +65,7 @@ def test_the_rendered_config_is_a_model_config_the_server_loads_as_written(trito
     assert {k: v.string_value for k, v in served.parameters.items()} == {
         k: v.string_value for k, v in written.parameters.items()
     }
-    assert served.dynamic_batching.max_queue_delay_microseconds == 100
+    assert served.dynamic_batching.max_queue_delay_microseconds == 50
     # nothing in the repository is the stand-in's: the real FIL backend reads these same files
     assert sorted(p.name for p in (triton.repository / "cfg").iterdir()) == [
         "3",
