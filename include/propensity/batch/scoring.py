@@ -182,15 +182,9 @@ def score_day(
         run_id=run_id or f"manual__{day.isoformat()}",
     )
     if spark is None:
-        from propensity.core.spark import spark_session
+        from propensity.core.spark import configured_session
 
-        spark = spark_session(
-            settings.spark.master,
-            "propensity-batch",
-            settings.spark.shuffle_partitions,
-            settings.spark.driver_memory,
-            bind_address=settings.spark.bind_address,
-        )
+        spark = configured_session(settings, "propensity-batch")
     log.info(
         "scoring %s with %s v%s on the snapshot of %s -> %s",
         day, model.ref.model_name, model.ref.version, feature_date, db.safe_url,

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from pyspark.sql import SparkSession
+
+if TYPE_CHECKING:
+    from propensity.core.settings import Settings
 
 # Client compiler only: a fresh driver's JVM start and first job are dominated by the JIT
 # warming up, and on a 2-core host the server compiler's threads compete with the tasks.
@@ -58,3 +62,11 @@ def spark_session(
     if java_options:
         builder = builder.config("spark.driver.extraJavaOptions", java_options)
     return builder.getOrCreate()
+
+
+def configured_session(settings: Settings, app_name: str) -> SparkSession:
+    """The session a pipeline task runs on: master, partitions, memory and bind address from ``spark:``."""
+    s = settings.spark
+    return spark_session(
+        s.master, app_name, s.shuffle_partitions, s.driver_memory, bind_address=s.bind_address
+    )

@@ -389,7 +389,7 @@ def compute_features(settings: Settings, as_of_dates: Sequence[dt.date]) -> list
     atomically: a failure leaves each date either as it was or complete, and a retry rewrites
     the same bytes.
     """
-    from propensity.core.spark import spark_session
+    from propensity.core.spark import configured_session
 
     dates = sorted(set(as_of_dates))
     if not dates:
@@ -397,13 +397,7 @@ def compute_features(settings: Settings, as_of_dates: Sequence[dt.date]) -> list
     cfg = settings.features
     store = zone_store(settings)
     days, start, end = validated_days_needed(store, dates, cfg.history_days)
-    spark = spark_session(
-        settings.spark.master,
-        "propensity-features",
-        settings.spark.shuffle_partitions,
-        settings.spark.driver_memory,
-        bind_address=settings.spark.bind_address,
-    )
+    spark = configured_session(settings, "propensity-features")
     log.info(
         "features as of %s..%s (%d dates) from validated %s..%s", dates[0], dates[-1], len(dates), start, end
     )

@@ -211,6 +211,19 @@ class WindowBuyers:
         return pc.unique(pa.chunked_array(arrays, pa.string()).combine_chunks())
 
 
+def _checked_inputs(
+    settings: Settings, cutoffs: Iterable[dt.date], as_of: dt.date | None
+) -> tuple[list[dt.date], Store, WindowBuyers]:
+    """The cutoffs (checked against label maturity by ``as_of``), with their snapshots and every
+    validated day of their label windows there, the zone store and the label-window reader."""
+    horizon = settings.features.label_days
+    days = checked_cutoffs(cutoffs, horizon, as_of)
+    store = zone_store(settings)
+    require_snapshots(store, days)
+    require_validated(store, label_days(days, horizon))
+    return days, store, WindowBuyers(store, horizon)
+
+
 def _assemble(snapshot: pa.Table, cutoff: dt.date, label: pa.Array | pa.ChunkedArray) -> pa.Table:
     n = snapshot.num_rows
     columns: list[Any] = [snapshot.column(ENTITY_KEY), pa.repeat(pa.scalar(cutoff, pa.date32()), n)]
@@ -231,12 +244,7 @@ def iter_training_set(
     each cutoff's snapshot, and every validated day of every label window (a snapshot's rows are
     checked as it is read).
     """
-    horizon = settings.features.label_days
-    days = checked_cutoffs(cutoffs, horizon, as_of)
-    store = zone_store(settings)
-    require_snapshots(store, days)
-    require_validated(store, label_days(days, horizon))
-    window = WindowBuyers(store, horizon)
+    days, store, window = _checked_inputs(settings, cutoffs, as_of)
     for cutoff in days:
         snapshot = read_snapshot_features(store, cutoff)
         label = pc.is_in(snapshot.column(ENTITY_KEY), value_set=window.buyers(cutoff))
@@ -368,12 +376,7 @@ def training_set_for_rows(
         raise TrainingSetError(f"cutoffs must be dates (midnight UTC); e.g. {cut[off].iloc[0]}")
     ids = rows["customer_id"].astype(str).to_numpy(dtype=object)
     dates = np.asarray([d.date() for d in cut], dtype=object)
-    horizon = settings.features.label_days
-    days = checked_cutoffs(dates, horizon, as_of)
-    store = zone_store(settings)
-    require_snapshots(store, days)
-    require_validated(store, label_days(days, horizon))
-    window = WindowBuyers(store, horizon)
+    days, store, window = _checked_inputs(settings, dates, as_of)
 
     n = len(rows)
     values = {name: np.full(n, np.nan) for name in MODEL_FEATURES}

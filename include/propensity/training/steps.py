@@ -322,11 +322,34 @@ def _parity_sample(settings: Settings, as_of: dt.date):
     return matrix(snapshot.to_pandas(), MODEL_FEATURES)
 
 
+def _deploy_recorded(
+    settings: Settings, registry: Any, version: str, role: str, as_of: dt.date, failed_event: str
+) -> dict[str, Any]:
+    """Deploy the registered ``version`` as ``role`` (parity on the snapshot of ``as_of``); a
+    failure is written to the registry's audit log as ``failed_event`` and raised (DeployError)."""
+    from propensity.serving.deploy import DeployError, deploy_model
+
+    try:
+        return deploy_model(
+            settings,
+            registry.load_booster(version),
+            version,
+            role,
+            sample=_parity_sample(settings, as_of),
+            source=registry.model_uri(version),
+        )
+    except DeployError as exc:
+        registry.record(
+            failed_event, version=version, reason=str(exc), logical_date=as_of.isoformat(), report=exc.record
+        )
+        raise
+
+
 def deploy_shadow(settings: Settings, as_of: dt.date, version: str) -> dict[str, Any]:
     """Deploy the registered challenger beside the champion: the API scores it on live traffic too
     (logged, never answered) while the gate decides. A challenger that cannot be deployed is not an
     error of this task: the shadow test reports it and the gate refuses."""
-    from propensity.serving.deploy import DeployError, deploy_model
+    from propensity.serving.deploy import DeployError
     from propensity.serving.manifest import read_deployment
     from propensity.training.registry import Registry
 
@@ -340,22 +363,8 @@ def deploy_shadow(settings: Settings, as_of: dt.date, version: str) -> dict[str,
     if str((state.get("shadow") or {}).get("version")) == str(version):
         return {"deployed": False, "shadow": version, "detail": f"v{version} already in shadow"}
     try:
-        record = deploy_model(
-            settings,
-            registry.load_booster(version),
-            version,
-            "shadow",
-            sample=_parity_sample(settings, as_of),
-            source=registry.model_uri(version),
-        )
+        record = _deploy_recorded(settings, registry, version, "shadow", as_of, "shadow_failed")
     except DeployError as exc:
-        registry.record(
-            "shadow_failed",
-            version=version,
-            reason=str(exc),
-            logical_date=as_of.isoformat(),
-            report=exc.record,
-        )
         return {"deployed": False, "shadow": None, "error": f"shadow deploy failed: {exc}"}
     registry.record(
         "shadow",
@@ -383,7 +392,7 @@ def deploy_champion(settings: Settings, as_of: dt.date) -> dict[str, Any]:
     A failed deploy leaves the previous version live, is written to the registry's audit log,
     and fails the task with the reason.
     """
-    from propensity.serving.deploy import DeployError, deploy_model
+    from propensity.serving.deploy import DeployError
     from propensity.serving.manifest import read_deployment
     from propensity.training.registry import CHAMPION, Registry
 
@@ -394,24 +403,9 @@ def deploy_champion(settings: Settings, as_of: dt.date) -> dict[str, Any]:
     serving = (read_deployment(settings).get("champion") or {}).get("version")
     if str(serving) == str(version):
         return {"deployed": False, "detail": f"v{version} already serving", "champion": version}
-    sample = _parity_sample(settings, as_of)
     try:
-        record = deploy_model(
-            settings,
-            registry.load_booster(version),
-            version,
-            "champion",
-            sample=sample,
-            source=registry.model_uri(version),
-        )
+        record = _deploy_recorded(settings, registry, version, "champion", as_of, "deploy_failed")
     except DeployError as exc:
-        registry.record(
-            "deploy_failed",
-            version=version,
-            reason=str(exc),
-            logical_date=as_of.isoformat(),
-            report=exc.record,
-        )
         from propensity.core.alerts import send_alert
 
         send_alert(
