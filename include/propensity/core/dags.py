@@ -10,13 +10,15 @@ can fix, and an immediate failure for what it cannot.
 * :func:`fail_fast`: a task that raises :class:`propensity.core.errors.DataError` (a bad source
   file, a schema or mapping error, a validation verdict, no input for the date) or whose settings
   do not validate fails at once with :class:`AirflowFailException`: the same input gives the same
-  error, so retrying only delays the alert. The one place this mapping is made.
+  error, so retrying only delays the alert. The one place this mapping is made. The same wrapper
+  makes each return value strict JSON (:func:`xcom_safe`): Airflow's API server refuses NaN.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -46,13 +48,31 @@ def _deterministic() -> tuple[type[BaseException], ...]:
     return (DataError, ValidationError)
 
 
+def xcom_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf; numpy's too) as None, in dicts, lists and
+    tuples at any depth. A task's return value goes to Airflow's API server as strict JSON, which
+    has no NaN: a baseline that could not be scored (NaN) failed ``train_model`` there with "Out of
+    range float values are not JSON compliant" although ``airflow dags test`` stored it fine.
+    """
+    if isinstance(value, dict):
+        return {k: xcom_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(xcom_safe(v) for v in value)
+    if isinstance(value, float):  # numpy's float64 too
+        return value if math.isfinite(value) else None
+    if getattr(value, "ndim", None) == 0 and getattr(value.dtype, "kind", "") == "f":  # numpy's float32
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return value
+
+
 def _failing_fast(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         from airflow.sdk.exceptions import AirflowFailException
 
         try:
-            return fn(*args, **kwargs)
+            return xcom_safe(fn(*args, **kwargs))
         except AirflowFailException:
             raise
         except _deterministic() as exc:

@@ -44,7 +44,8 @@ def decide(
                 "no champion yet: absolute AUC floor",
             )
         )
-        recency = baselines.get("recency", float("nan"))
+        recency = _scored(baselines.get("recency"))
+        recency = float("nan") if recency is None else recency
         need = recency + gate.min_gain_over_recency_baseline
         checks.append(
             _check(
@@ -72,14 +73,20 @@ def decide(
         )
     checks.extend(segment_checks(comparison["segments"], gate, compare_to_champion=champ is not None))
     checks.extend(shadow_checks(shadow, gate))
-    shown = {k: float(v) for k, v in baselines.items()}
+    shown = {k: _scored(v) for k, v in baselines.items()}
     return {"mode": mode, "passed": all(c["passed"] for c in checks), "checks": checks, "baselines": shown}
+
+
+def _scored(value: float | None) -> float | None:
+    """A baseline's AUC, or None if it could not be scored (NaN here, None after an XCom)."""
+    return None if value is None or value != value else float(value)
 
 
 def best_baseline_check(chall: float, baselines: dict[str, float], gate: GateThresholds) -> dict[str, Any]:
     """The first model must beat the best baseline (BG/NBD, RFM XGBoost, recency, frequency)
-    on the same evaluation rows; a baseline that could not be scored (NaN) is named, not used."""
-    scored = {k: v for k, v in baselines.items() if v == v}
+    on the same evaluation rows; a baseline that could not be scored (NaN, or None once it has
+    crossed an XCom) is named, not used."""
+    scored = {k: float(v) for k, v in baselines.items() if _scored(v) is not None}
     if not scored:
         return _check("beats_best_baseline", chall, None, False, "no baseline could be scored")
     name = max(scored, key=scored.__getitem__)

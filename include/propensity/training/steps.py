@@ -130,7 +130,11 @@ def register_challenger(
         if comparison["champion_auc"] is None
         else f"{comparison['champion_auc']:.6f}",
         # Every baseline on the evaluation rows: recency, frequency, BG/NBD, RFM XGBoost (issue 19).
-        **{f"baseline_{name}_auc": f"{value:.6f}" for name, value in run["baselines"].items()},
+        # One that could not be scored is tagged empty, as a first model's champion AUC is.
+        **{
+            f"baseline_{name}_auc": "" if value is None or value != value else f"{value:.6f}"
+            for name, value in run["baselines"].items()
+        },
         "segments": json.dumps(comparison["segments"], default=float),
         "feature_service": run["lineage"]["feature_service"],
     }
@@ -440,8 +444,8 @@ def champion_summary(settings: Settings) -> dict[str, Any]:
     return {
         "champion": version,
         "eval_auc": float(tags.get("eval_auc", "nan")),
-        "baseline_recency_auc": float(tags.get("baseline_recency_auc", "nan")),
-        "baseline_frequency_auc": float(tags.get("baseline_frequency_auc", "nan")),
+        "baseline_recency_auc": float(tags.get("baseline_recency_auc") or "nan"),
+        "baseline_frequency_auc": float(tags.get("baseline_frequency_auc") or "nan"),
     }
 
 

@@ -86,3 +86,35 @@ def test_every_dag_starts_early_and_wraps_its_tasks():
             if fn is not None and t.task_type != "_PythonExternalDecoratedOperator":
                 assert getattr(fn, "__propensity_fail_fast__", False), (dag_id, t.task_id)
             assert t.retry_exponential_backoff, (dag_id, t.task_id)
+
+
+def test_a_tasks_return_value_is_strict_json_for_the_api_server():
+    import json
+
+    import numpy as np
+
+    # What train_model returned when BG/NBD did not converge: NaN, which Airflow's API server
+    # refuses ("Out of range float values are not JSON compliant"), failing the task after its work.
+    returned = {
+        "eval_auc": 0.61,
+        "baselines": {"recency": 0.54, "bgnbd": float("nan"), "rfm_xgb": np.float64(0.75)},
+        "metrics": [np.float32("inf"), np.float32(0.5), np.int64(3)],
+        "lineage": ("2011-01-24", None),
+    }
+
+    @dag(schedule=None, start_date=START_DATE, catchup=False)
+    def probe() -> None:
+        @task
+        def train() -> dict:
+            return returned
+
+        train()
+
+    got = fail_fast(probe()).task_dict["train"].python_callable()
+    assert got == {
+        "eval_auc": 0.61,
+        "baselines": {"recency": 0.54, "bgnbd": None, "rfm_xgb": 0.75},
+        "metrics": [None, 0.5, 3],
+        "lineage": ("2011-01-24", None),
+    }
+    json.dumps(got, allow_nan=False, default=int)  # strict JSON: raises on any NaN left

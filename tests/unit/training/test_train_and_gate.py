@@ -148,6 +148,11 @@ def test_first_model_must_beat_the_best_baseline_and_the_report_lists_them():
     passed = decide(comparison, shadow, {**baselines, "bgnbd": float("nan")}, enforced)
     best = next(c for c in passed["checks"] if c["name"] == "beats_best_baseline")
     assert passed["passed"] is True and best["threshold"] == 0.73 and "not scored: bgnbd" in best["detail"]
+    # The same after an XCom (NaN travels as None): named, not used, and the report says so.
+    crossed = decide(comparison, shadow, {**baselines, "bgnbd": None}, enforced)
+    best = next(c for c in crossed["checks"] if c["name"] == "beats_best_baseline")
+    assert crossed["passed"] is True and best["threshold"] == 0.73 and "not scored: bgnbd" in best["detail"]
+    assert crossed["baselines"]["bgnbd"] is None and "bgnbd not scored" in render_markdown(crossed)
     # Not enforced (the default): reported with verdict "warn", the gate decides on the rest.
     advisory = decide(comparison, shadow, baselines, GateThresholds())
     best = next(c for c in advisory["checks"] if c["name"] == "beats_best_baseline")
