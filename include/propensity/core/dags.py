@@ -57,7 +57,10 @@ def xcom_safe(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: xcom_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(xcom_safe(v) for v in value)
+        items = [xcom_safe(v) for v in value]
+        if hasattr(value, "_fields"):  # a namedtuple takes its fields one by one
+            return type(value)(*items)
+        return type(value)(items)
     if isinstance(value, float):  # numpy's float64 too
         return value if math.isfinite(value) else None
     if getattr(value, "ndim", None) == 0 and getattr(value.dtype, "kind", "") == "f":  # numpy's float32

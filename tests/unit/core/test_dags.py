@@ -118,3 +118,10 @@ def test_a_tasks_return_value_is_strict_json_for_the_api_server():
         "lineage": ("2011-01-24", None),
     }
     json.dumps(got, allow_nan=False, default=int)  # strict JSON: raises on any NaN left
+
+    from collections import namedtuple
+
+    from propensity.core.dags import xcom_safe
+
+    pair = namedtuple("pair", "auc rows")
+    assert xcom_safe([pair(float("nan"), 3)]) == [pair(None, 3)]
