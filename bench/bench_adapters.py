@@ -487,12 +487,6 @@ def serve_child(variant: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its threads so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class _Buffered:
     """What the /predict endpoint reads of a request: its body and headers."""
 
@@ -582,6 +576,7 @@ def api_section(args: argparse.Namespace, work: Path) -> list[dict]:
 
     from bench_api import (
         KEY,
+        cpu_seconds,
         free_port,
         http_request,
         load,
@@ -658,9 +653,9 @@ def api_section(args: argparse.Namespace, work: Path) -> list[dict]:
             cpu = dict.fromkeys(variants, 0.0)
             for k in range(args.rounds):
                 for v in variants[k % 3 :] + variants[: k % 3]:
-                    before = cpu_seconds(procs[v].pid)
+                    before = cpu_seconds(procs[v])
                     rounds[v].append(load(ports[v], requests, c))
-                    cpu[v] += cpu_seconds(procs[v].pid) - before
+                    cpu[v] += cpu_seconds(procs[v]) - before
             for v in variants:
                 results[v][c] = pooled(rounds[v])
                 results[v][c]["cpu_us"] = cpu[v] / (args.rounds * len(requests)) * 1e6

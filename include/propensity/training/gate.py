@@ -44,7 +44,7 @@ def decide(
                 "no champion yet: absolute AUC floor",
             )
         )
-        recency = _scored(baselines.get("recency"))
+        recency = scored_auc(baselines.get("recency"))
         recency = float("nan") if recency is None else recency
         need = recency + gate.min_gain_over_recency_baseline
         checks.append(
@@ -73,11 +73,11 @@ def decide(
         )
     checks.extend(segment_checks(comparison["segments"], gate, compare_to_champion=champ is not None))
     checks.extend(shadow_checks(shadow, gate))
-    shown = {k: _scored(v) for k, v in baselines.items()}
+    shown = {k: scored_auc(v) for k, v in baselines.items()}
     return {"mode": mode, "passed": all(c["passed"] for c in checks), "checks": checks, "baselines": shown}
 
 
-def _scored(value: float | None) -> float | None:
+def scored_auc(value: float | None) -> float | None:
     """A baseline's AUC, or None if it could not be scored (NaN here, None after an XCom)."""
     return None if value is None or value != value else float(value)
 
@@ -86,7 +86,7 @@ def best_baseline_check(chall: float, baselines: dict[str, float], gate: GateThr
     """The first model must beat the best baseline (BG/NBD, RFM XGBoost, recency, frequency)
     on the same evaluation rows; a baseline that could not be scored (NaN, or None once it has
     crossed an XCom) is named, not used."""
-    scored = {k: float(v) for k, v in baselines.items() if _scored(v) is not None}
+    scored = {k: auc for k, v in baselines.items() if (auc := scored_auc(v)) is not None}
     if not scored:
         return _check("beats_best_baseline", chall, None, False, "no baseline could be scored")
     name = max(scored, key=scored.__getitem__)

@@ -119,6 +119,7 @@ def evaluate_challenger(settings: Settings, as_of: dt.date, run: dict[str, Any])
 def register_challenger(
     settings: Settings, as_of: dt.date, run: dict[str, Any], comparison: dict[str, Any]
 ) -> str:
+    from propensity.training.gate import scored_auc
     from propensity.training.registry import Registry
 
     tags = {
@@ -132,7 +133,7 @@ def register_challenger(
         # Every baseline on the evaluation rows: recency, frequency, BG/NBD, RFM XGBoost (issue 19).
         # One that could not be scored is tagged empty, as a first model's champion AUC is.
         **{
-            f"baseline_{name}_auc": "" if value is None or value != value else f"{value:.6f}"
+            f"baseline_{name}_auc": "" if (auc := scored_auc(value)) is None else f"{auc:.6f}"
             for name, value in run["baselines"].items()
         },
         "segments": json.dumps(comparison["segments"], default=float),
