@@ -2,7 +2,8 @@
 ### batch_inference: every active customer scored by the champion, into the predictions table
 
 Runs when the `features` DAG publishes the `customer_features` Asset: the day scored is the
-event's `extra["as_of"]` (several days, oldest first, when events queued while a run was busy).
+event's `extra["dates"]` (several days, oldest first, when events queued while a run was busy, and
+the snapshots published after them that Airflow gave no run: `propensity.core.assets.left_behind`).
 Trigger it by hand with the `day` Param (YYYY-MM-DD) to score or backfill one day.
 
 1. **score_customers**: Spark reads `offline/customer_features/date=D/`, scores it with the
@@ -46,20 +47,24 @@ from propensity.core.dags import START_DATE, default_args, fail_fast
     doc_md=__doc__,
 )
 def batch_inference() -> None:
-    @task
-    def score_customers(triggering_asset_events=None) -> list[dict]:
+    @task(inlets=[customer_features])
+    def score_customers(triggering_asset_events=None, inlet_events=None) -> list[dict]:
         from airflow.sdk.exceptions import AirflowSkipException
 
         from propensity.batch.scoring import NoChampionDeployed, days_to_score, score_day
+        from propensity.core import assets
         from propensity.core.settings import get_settings
 
         ctx = get_current_context()
-        as_of = [
-            event.extra["as_of"]
-            for events in (triggering_asset_events or {}).values()
-            for event in events
-            if "as_of" in (event.extra or {})
-        ]
+        consumed = [event for events in (triggering_asset_events or {}).values() for event in events]
+        # Every snapshot date of each event ("dates"; "as_of" alone from older producers).
+        as_of = assets.values(consumed, "dates") or assets.values(consumed, "as_of")
+        if consumed and not ctx["params"].get("day"):
+            later = list(inlet_events[customer_features].after(assets.newest_timestamp(consumed)))
+            left = [d for d in assets.left_behind(consumed, later, "dates") if d not in as_of]
+            if left:
+                print(f"snapshots whose events Airflow gave no run, scored here too: {left}")
+            as_of += left
         days = days_to_score(ctx["params"].get("day"), as_of, ctx.get("logical_date"))
         try:
             return [score_day(get_settings(), day, run_id=ctx["run_id"]) for day in days]

@@ -8,7 +8,9 @@ of V + 1 computable) and daily at 00:00 UTC, so `airflow backfill create` can re
 the UTC day `[D, D+1)` (`DailyUtcTimetable`, as in `ingest`: `airflow dags test features D` and
 the UI's trigger cover the same day as the scheduled run for D) and computes the snapshot as of
 its `data_interval_end` = D + 1, i.e. from every validated event up to the end of day D. An
-asset-triggered run computes V + 1 for each validated day V it was triggered by.
+asset-triggered run computes V + 1 for each validated day V it was triggered by, and for every day
+published after those that Airflow gave no run (`propensity.core.assets.left_behind`); its
+`customer_features` event lists every snapshot date (`dates`) and validated day (`days`).
 
 1. **compute_features**: Spark computes, for snapshot date S, every customer active in the 365
    days before S from validated events before S 00:00 UTC, and replaces
@@ -49,18 +51,28 @@ from propensity.core.timetables import DailyUtcTimetable
     doc_md=__doc__,
 )
 def features() -> None:
-    @task
-    def compute_features(triggering_asset_events=None, data_interval_end=None) -> dict:
+    # The Assets as inlets too: the events this run was not given (propensity.core.assets).
+    @task(inlets=[validated_events, customer_features])
+    def compute_features(triggering_asset_events=None, inlet_events=None, data_interval_end=None) -> dict:
+        from propensity.core import assets
         from propensity.core.settings import get_settings
         from propensity.features.job import compute_features_for_run
 
-        days = [
-            event.extra["day"]
-            for events in (triggering_asset_events or {}).values()
-            for event in events
-            if "day" in (event.extra or {})
-        ]
-        return compute_features_for_run(get_settings(), days, data_interval_end)
+        consumed = [event for events in (triggering_asset_events or {}).values() for event in events]
+        days = assets.values(consumed, "day")
+        if consumed:
+            after = assets.newest_timestamp(consumed)
+            left = assets.left_behind(
+                consumed,
+                inlet_events[validated_events].after(after),
+                "day",
+                done=inlet_events[customer_features].after(after),
+                done_key="days",
+            )
+            if left:
+                print(f"validated days whose events Airflow gave no run, computed here too: {left}")
+            days += left
+        return compute_features_for_run(get_settings(), days, data_interval_end) | {"days": days}
 
     @task(outlets=[customer_features])
     def materialize_features(computed: dict, outlet_events=None) -> dict:
@@ -71,7 +83,11 @@ def features() -> None:
 
         dates = [dt.date.fromisoformat(d) for d in computed["as_of"]]
         result = materialize_dates(get_settings(), dates)
-        outlet_events[customer_features].extra = {"as_of": max(dates).isoformat()}
+        outlet_events[customer_features].extra = {
+            "as_of": max(dates).isoformat(),
+            "dates": [d.isoformat() for d in sorted(dates)],
+            "days": computed.get("days", []),
+        }
         return result
 
     materialize_features(compute_features())

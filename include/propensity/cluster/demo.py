@@ -6,8 +6,11 @@
 3. an on-call backfill of the following days with ``airflow backfill create --dag-id ingest``: each
    ingest run publishes ``validated_events``, which triggers ``features``, whose ``customer_features``
    triggers ``batch_inference``; every run is awaited over REST with its task states;
-4. where everything landed: S3 areas, prediction rows, MLflow runs and versions, the Spark
-   applications and the tasks each worker ran, the Celery worker of each task, an API answer.
+4. ``drift`` over REST for the last backfilled day: its verdict, and the ``training`` run it
+   triggers when the data moved (awaited too);
+5. where everything landed: S3 areas, prediction rows, MLflow runs and versions, the Spark
+   applications and the tasks each worker ran, the Celery worker of each task, the Triton index,
+   an API answer.
 """
 
 from __future__ import annotations
@@ -74,6 +77,41 @@ def backfill(af: Airflow, services, demo, timeout: float) -> None:
         raise RuntimeError(f"runs failed: {failed}")
 
 
+def drift_check(af: Airflow, day: str, timeout: float) -> dict:
+    """The drift DAG for ``day`` (an earlier run of that day is resumed): its verdict, and the training
+    run it triggered (``drift__<day>``), awaited, when the verdict asked for one."""
+    logical = f"{day}T00:00:00Z"
+    earlier = [r for r in af.runs("drift") if (r.get("logical_date") or "").startswith(day)]
+    if earlier and earlier[-1]["state"] in ("success", "running", "queued"):
+        run_id = earlier[-1]["dag_run_id"]
+    else:
+        run_id = af.api("POST", "dags/drift/dagRuns", json={"logical_date": logical, "conf": {}})[
+            "dag_run_id"
+        ]
+    print(f"[demo] drift for {day} triggered over REST: {run_id}", flush=True)
+    if af.wait_run("drift", run_id, timeout)["state"] != "success":
+        raise RuntimeError(f"drift {run_id} failed")
+    verdict = af.xcom("drift", run_id, "decide")
+    states = {t["task_id"]: t["state"] for t in af.task_instances("drift", run_id)}
+    drifted = verdict.get("drifted_features") if isinstance(verdict, dict) else None
+    print(
+        f"[demo] drift verdict {day}: trigger={verdict.get('trigger')} severity={verdict.get('severity')} "
+        f"drifted={drifted} reason={verdict.get('reason')}",
+        flush=True,
+    )
+    out = {"run_id": run_id, "verdict": verdict, "training": None}
+    if states.get("trigger_training") == "success":
+        training_id = f"drift__{day}"
+        print(f"[demo] drift triggered training {training_id}", flush=True)
+        training = af.wait_run("training", training_id, timeout)
+        if training["state"] != "success":
+            raise RuntimeError(f"training {training_id}, triggered by drift, failed")
+        out["training"] = training_id
+    else:
+        print(f"[demo] drift did not trigger training (trigger_training={states.get('trigger_training')})")
+    return out
+
+
 def daily_outputs(cfg, secrets) -> dict[str, str]:
     """sha256 of every zone object the daily DAGs write for the backfilled days."""
     first = dt.date.fromisoformat(cfg.demo.backfill_from)
@@ -123,7 +161,8 @@ def run_demo(timeout: float = 3600, *, verify_backfill: bool = True) -> dict:
         if changed:
             raise RuntimeError(f"the re-run backfill changed {len(changed)} objects: {changed[:5]}")
         print(f"[demo] backfill re-run: {len(again)} objects, identical sha256 to the first pass", flush=True)
-    report = summary(cfg, secrets, af) | {"daily_hashes": hashes}
+    drift = drift_check(af, demo.backfill_to, timeout)
+    report = summary(cfg, secrets, af) | {"daily_hashes": hashes, "drift": drift}
     print(f"[demo] done in {time.monotonic() - started:.0f} s", flush=True)
     return report
 
@@ -158,6 +197,13 @@ def summary(cfg, secrets, af: Airflow) -> dict:
     for ti in tis:
         hosts.setdefault(ti.get("hostname") or "-", []).append(ti["task_id"])
     print(f"\n== task instances by Celery worker: { {h: len(v) for h, v in hosts.items()} }")
+    try:
+        index = inspect.triton_index(cfg)
+    except Exception as exc:  # noqa: BLE001 - printed: the summary reports what it cannot reach
+        index = [{"error": str(exc)}]
+    print(f"\n== Triton http://{cfg.host}:{cfg.ports.triton_http}/v2/repository/index")
+    for model in index:
+        print(f"  {model}")
     customer = inspect.top_customer(cfg)
     answer = inspect.api_answer(cfg, secrets, customer) if customer else (None, "no predictions")
     print(f"\n== API http://{cfg.host}:{cfg.ports.api}/predict {customer}: {answer}")
@@ -169,6 +215,7 @@ def summary(cfg, secrets, af: Airflow) -> dict:
         "versions": versions,
         "tasks_per_worker": per_worker,
         "hosts": hosts,
+        "triton": index,
         "api": answer,
     }
 

@@ -1,5 +1,5 @@
 """What the running cluster holds: S3 objects, prediction rows, MLflow runs, Spark applications and
-which worker ran their tasks, task instances and their Celery workers, an API answer. Read by
+which worker ran their tasks, task instances and their Celery workers, the Triton index, an API answer. Read by
 ``make cluster-demo`` (printed) and by tests/e2e/test_cluster.py (asserted)."""
 
 from __future__ import annotations
@@ -156,6 +156,13 @@ def champion_version(cfg: ClusterSettings, model: str) -> str | None:
     base = f"http://{cfg.host}:{cfg.ports.mlflow}/api/2.0/mlflow"
     r = httpx.get(f"{base}/registered-models/alias", params={"name": model, "alias": "champion"}, timeout=10)
     return r.json()["model_version"]["version"] if r.status_code == 200 else None
+
+
+def triton_index(cfg: ClusterSettings) -> list[dict[str, Any]]:
+    """The Triton server's repository index: name, version, state (READY / UNAVAILABLE) per model."""
+    from propensity.serving.triton_server import repository_index
+
+    return repository_index(f"{cfg.host}:{cfg.ports.triton_http}", "http")
 
 
 def api_answer(cfg: ClusterSettings, secrets: dict[str, str], customer_id: str) -> tuple[int, Any]:

@@ -79,6 +79,16 @@ class Airflow:
             "task_instances"
         ]
 
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        entry = self.api("GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")
+        value = entry.get("value")
+        if isinstance(value, str):  # the stored JSON, as the metadata DB holds it
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value
+
     def progress(self, dag_id: str, run_id: str) -> str:
         tis = self.task_instances(dag_id, run_id)
         return " ".join(f"{t['task_id']}={t['state'] or 'none'}" for t in tis)

@@ -212,6 +212,10 @@ def propensity_env(t: Target, source_path: str, source_name: str, triton: bool) 
         "FEAST_S3_ENDPOINT_URL": s3,
         "MLFLOW_S3_ENDPOINT_URL": s3,
         "MLFLOW_ENABLE_TELEMETRY": "false",
+        # A tracking server that is down fails the call within ~10 s (MLflow's default retries block
+        # a worker slot for minutes); the task's Airflow retries, with their delay, take it from there.
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         "GX_ANALYTICS_ENABLED": "False",
         "DO_NOT_TRACK": "1",
     }
@@ -405,7 +409,7 @@ def build_spec(cfg: ClusterSettings, target: Target, source_path: str, source_na
             )
         )
     if triton or t.native:
-        services.append(triton_service(t, enabled=triton))
+        services.append(triton_service(t, enabled=triton, base=base))
     feast = t.redis(cfg.redis_dbs.feast)[1]
     services.append(
         Service(
@@ -427,24 +431,32 @@ def build_spec(cfg: ClusterSettings, target: Target, source_path: str, source_na
     return services
 
 
-def triton_service(t: Target, *, enabled: bool) -> Service:
-    """Triton reading the S3 repository the deploy step writes (explicit model control)."""
+def triton_service(t: Target, *, enabled: bool, base: dict[str, str] | None = None) -> Service:
+    """Triton reading the S3 repository the deploy step writes (explicit model control).
+
+    Native: the real ``tritonserver`` of ``.venv-triton`` started by
+    :mod:`propensity.serving.triton_server` (the pipeline's python), which reads the repository, the
+    S3 endpoint and the ports from the same prod-profile settings the deploy step and the API read,
+    and at a restart loads the model the repository holds. Compose: NVIDIA's image, the same flags.
+    """
     repo = f"s3://{t.s3_endpoint()}/{t.cfg.bucket}/models"
+    env: dict[str, str] = {}
     if t.native:
-        command = [str(t.cfg.triton_python), "-m", "propensity.serving.triton_server"]
-        command += ["--model-repository", repo, "--http-port", str(t.port("triton_http"))]
-        command += [
-            "--grpc-port",
-            str(t.port("triton_grpc")),
-            "--metrics-port",
-            str(t.port("triton_metrics")),
-        ]
+        command = [t.python(), "-m", "propensity.serving.triton_server", "--log", t.logs("triton-server.log")]
+        server = t.cfg.triton_python.parent.parent / "lib/python3.11/site-packages/pytriton/tritonserver"
+        env = dict(base or {}) | {
+            "PROPENSITY_TRITON_DIR": str(server),
+            "PROPENSITY_SERVING__TRITON_HOST": t.host("triton"),
+            "PROPENSITY_SERVING__TRITON_HTTP_PORT": str(t.port("triton_http")),
+            "PROPENSITY_SERVING__TRITON_GRPC_PORT": str(t.port("triton_grpc")),
+            "PROPENSITY_SERVING__TRITON_METRICS_PORT": str(t.port("triton_metrics")),
+        }
     else:
         command = ["tritonserver", f"--model-repository={repo}", "--model-control-mode=explicit"]
     return Service(
         "triton",
         command,
-        env={},
+        env=env,
         ready=("http", f"http://{t.host('triton')}:{t.port('triton_http')}/v2/health/live"),
         pipeline=False,
         enabled=enabled,
