@@ -92,14 +92,22 @@ def airflow_figures(cfg) -> None:
     from propensity.cluster.rest import Airflow
 
     af = Airflow.of(cfg)
-    waits, runs = [], {}
+    waits, handoffs, runs = [], [], {}
     for dag_id in DAGS:
         runs[dag_id] = [r for r in af.runs(dag_id) if r["state"] == "success"]
         for run in runs[dag_id]:
-            for ti in af.task_instances(dag_id, run["dag_run_id"]):
+            tis = [t for t in af.task_instances(dag_id, run["dag_run_id"]) if t["state"] == "success"]
+            for ti in tis:
                 queued, started = _ts(ti.get("queued_when")), _ts(ti.get("start_date"))
-                if queued and started and ti["state"] == "success":
+                if queued and started:
                     waits.append((started - queued).total_seconds())
+                # Handoff: the upstream's end (the latest end before this task was scheduled) to
+                # this task's start: scheduler loop + Celery + the worker taking it.
+                sched = _ts(ti.get("scheduled_when"))
+                ends = [_ts(t["end_date"]) for t in tis if t is not ti and t.get("end_date")]
+                before = [e for e in ends if sched and e <= sched]
+                if started and before:
+                    handoffs.append((started - max(before)).total_seconds())
     if waits:
         print(
             f"Celery queue-to-start: {len(waits)} task instances, p50 {_pct(waits, 0.5):.2f} s, "

@@ -125,6 +125,22 @@ def test_the_api_answers_with_the_champion(cluster):
     assert 0.0 <= body["score"] <= 1.0
 
 
+def test_drift_detected_the_shift_and_triggered_training_which_succeeded(cluster):
+    """The drift DAG of the day after the backfill (cluster-demo triggers it over REST) sees
+    November's recency shift against the champion's reference and triggers ``training`` with the
+    drifted features, which runs to success on the cluster."""
+    cfg, airflow = cluster["cfg"], cluster["airflow"]
+    day = (dt.date.fromisoformat(cfg.demo.backfill_to) + dt.timedelta(days=1)).isoformat()
+    runs = [r for r in airflow.runs("drift") if (r.get("logical_date") or "").startswith(day)]
+    assert runs and runs[-1]["state"] == "success", runs
+    verdict = airflow.xcom("drift", runs[-1]["dag_run_id"], "decide")
+    assert verdict["trigger"] is True and verdict["drifted_features"], verdict
+    training = airflow.api("GET", f"dags/training/dagRuns/drift__{day}")
+    assert training["state"] == "success", training
+    assert training["conf"]["triggered_by"] == "drift"
+    assert training["conf"]["drifted_features"] == verdict["drifted_features"]
+
+
 # -- faults ------------------------------------------------------------------------------------
 DAY_PREFIX = "zones/validated/events/date="
 

@@ -6,7 +6,7 @@
 3. an on-call backfill of the following days with ``airflow backfill create --dag-id ingest``: each
    ingest run publishes ``validated_events``, which triggers ``features``, whose ``customer_features``
    triggers ``batch_inference``; every run is awaited over REST with its task states;
-4. ``drift`` over REST for the last backfilled day: its verdict, and the ``training`` run it
+4. ``drift`` over REST for the day after the backfill: its verdict, and the ``training`` run it
    triggers when the data moved (awaited too);
 5. where everything landed: S3 areas, prediction rows, MLflow runs and versions, the Spark
    applications and the tasks each worker ran, the Celery worker of each task, the Triton index,
@@ -161,7 +161,9 @@ def run_demo(timeout: float = 3600, *, verify_backfill: bool = True) -> dict:
         if changed:
             raise RuntimeError(f"the re-run backfill changed {len(changed)} objects: {changed[:5]}")
         print(f"[demo] backfill re-run: {len(again)} objects, identical sha256 to the first pass", flush=True)
-    drift = drift_check(af, demo.backfill_to, timeout)
+    # The day after the backfill: its snapshot (from the last backfilled day) is the newest.
+    drift_day = (dt.date.fromisoformat(demo.backfill_to) + dt.timedelta(days=1)).isoformat()
+    drift = drift_check(af, drift_day, timeout)
     report = summary(cfg, secrets, af) | {"daily_hashes": hashes, "drift": drift}
     print(f"[demo] done in {time.monotonic() - started:.0f} s", flush=True)
     return report
