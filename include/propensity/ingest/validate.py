@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -92,9 +93,17 @@ class PublishRefused(DataError, RuntimeError):
 # -- entry points --------------------------------------------------------------------------
 
 
-def validate(settings: Settings, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+def validate(
+    settings: Settings,
+    start: dt.datetime,
+    end: dt.datetime,
+    *,
+    history: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Validate the raw partition of the day ``[start, end)``; returns the summary.
 
+    ``history``: the summaries :func:`load_history` would read for the day, when the caller holds
+    them already (:func:`collect_and_validate`, day after day); None reads them from the zone.
     Raises :class:`ValidationFailed` (after writing the summary, quarantine and Data Docs) when the
     batch gate fails.
     """
@@ -108,7 +117,7 @@ def validate(settings: Settings, start: dt.datetime, end: dt.datetime) -> dict[s
     raw = pq.read_table(io.BytesIO(raw_bytes))
     frame = events_frame(raw, settings)
 
-    history = load_history(store, day, settings)
+    history = load_history(store, day, settings) if history is None else history
     bands = learn_bands(settings, day, history, rows=len(frame))
     checks = build_checks(settings, bands)
     with tempfile.TemporaryDirectory(prefix="gx-docs-") as docs_dir:
@@ -243,11 +252,15 @@ def read_summary(store: Store, day: dt.date) -> dict[str, Any] | None:
     return store.read_json(*parts) if store.exists(*parts) else None
 
 
+def history_window_days(settings: Settings) -> int:
+    """The longest learning window of the bands: how many days before a day its history reaches."""
+    v = settings.validation
+    return max(7 * v.volume_history_weeks, v.amount_history_days, v.country_history_days)
+
+
 def load_history(store: Store, day: dt.date, settings: Settings) -> list[dict[str, Any]]:
     """Summaries of the days before ``day`` inside the longest learning window, oldest first."""
-    v = settings.validation
-    window = max(7 * v.volume_history_weeks, v.amount_history_days, v.country_history_days)
-    first = day - dt.timedelta(days=window)
+    first = day - dt.timedelta(days=history_window_days(settings))
     out = []
     for name in store.list_dir(*VALIDATION_REPORTS):
         if not name.startswith("date="):
@@ -455,19 +468,29 @@ def collect_and_validate(settings: Settings, first: dt.date, last: dt.date) -> d
     reasons: Counter = Counter()
     failed: dict[str, str] = {}
     closed_empty: dict[str, str] = {}
+    # The bands' history is read from the zone once, then carried from day to day as each summary
+    # is written: the same summaries load_history would read back (JSON round trip), without its
+    # ~100 requests per day to an object store (a year on S3: ~35,000).
+    window = dt.timedelta(days=history_window_days(settings))
+    history = load_history(zone_store(settings), first, settings)
     day = first
     while day <= last:
         start, end = utc_day_bounds(day)
+        history = [s for s in history if s["day"] >= (day - window).isoformat()]
         try:
             collect(settings, start, end)
-            summary = validate(settings, start, end)
+            summary = validate(settings, start, end, history=history)
         except SourceError as exc:
             failed[day.isoformat()] = f"collect: {exc}"
+            # An earlier run's summary of the day, if any, is history as load_history would read it.
+            if (earlier := read_summary(zone_store(settings), day)) is not None:
+                history.append(earlier)
             day += dt.timedelta(days=1)
             continue
         except ValidationFailed as exc:
             summary = exc.summary
             failed[day.isoformat()] = str(exc)
+        history.append(json.loads(json.dumps(summary, sort_keys=True, default=str)))
         totals.update(summary["counts"])
         reasons.update(summary["reasons"])
         if summary["closed"] and not summary["counts"]["raw"]:
