@@ -109,6 +109,11 @@ def drift() -> None:
         conf=conf,
         # One training run per drift day: a re-run of this task finds it and does not start another.
         trigger_run_id="drift__{{ ds }}",
+        # The drift day's end, not the operator's default (the wall clock): a backfilled or
+        # re-run check starts the same run, and a deployment whose schedules end with a replayed
+        # export (docker/airflow/airflow_local_settings.py) does not get a run past the DAG's
+        # end date, which Airflow creates without a single task and marks successful.
+        logical_date="{{ data_interval_end }}",
         skip_when_already_exists=True,
     )
     alert_drift(verdict, report)

@@ -139,6 +139,10 @@ def test_drift_detected_the_shift_and_triggered_training_which_succeeded(cluster
     assert training["state"] == "success", training
     assert training["conf"]["triggered_by"] == "drift"
     assert training["conf"]["drifted_features"] == verdict["drifted_features"]
+    # A run past the DAG's end date is created without tasks and marked successful: the training
+    # must have run, not merely been created.
+    tis = {t["task_id"]: t["state"] for t in airflow.task_instances("training", f"drift__{day}")}
+    assert tis.get("train_model") == "success" and tis.get("gate_model") == "success", tis
 
 
 # -- faults ------------------------------------------------------------------------------------
