@@ -1,17 +1,22 @@
-"""The feature job on the native cluster vs local mode, on the same S3 zone, from one run.
+"""The native cluster against the local profile, from one run (needs `make cluster-demo` first).
 
-Usage: python bench/bench_cluster.py [--days 7,21]   (needs `make cluster-up` and `make cluster-demo`)
+Usage: python bench/bench_cluster.py [--days 30,330] [--no-local-bootstrap]
 
-For each window (the first N validated days of the demo), the snapshot as of the day after, computed by ``compute_features`` (what a DAG run executes) in a fresh
-process three ways, each reading the cluster's S3 (moto) zone:
+1. From the cluster's own record of the demo (Airflow's REST API): every task's queue-to-start
+   latency under Celery and its hand-off (upstream end -> start), the bootstrap run's wall time and
+   each daily cycle's (ingest start -> its batch_inference done). The bootstrap's two task bodies
+   are then run on the local profile (zones in a folder, local[2], SQLite), the same eleven months:
+   the peer.
+2. The feature job: for each window (the first N validated days of the demo), the snapshot as of
+   the day after, computed by ``compute_features`` (what a DAG run executes) in a fresh process three
+   ways, each reading the cluster's S3 (moto) zone: ``local[2]`` with the S3 read on the driver
+   through Arrow (``zone_io=driver``, the peer); the standalone master (2 workers x 1 core) with
+   ``zone_io=driver``; the standalone master with ``zone_io=executors`` (features/distributed_io.py).
+   Printed per run: wall time and the driver's peak memory (RSS of the Python process plus its JVM,
+   sampled every 0.1 s).
 
-* ``local[2]``, S3 read on the driver through Arrow and collected back (``zone_io=driver``): the peer;
-* the standalone master (2 workers x 1 core), ``zone_io=driver``;
-* the standalone master, ``zone_io=executors`` (features/distributed_io.py).
-
-Printed per run: wall time and the driver's peak memory (RSS of the Python process plus its JVM,
-sampled every 0.1 s). On 2 cores no speed-up is expected: the goals are that the cluster costs at
-most 1.5x the local run, and that with executor IO the driver's memory does not grow with the window.
+On 2 cores no speed-up is expected: the goals are that the cluster costs at most 1.5x the local run,
+and that with executor IO the driver's memory does not grow with the window.
 """
 
 from __future__ import annotations
@@ -33,6 +38,53 @@ from propensity.core.settings import get_settings
 from propensity.features.job import compute_features
 compute_features(get_settings(), [dt.date.fromisoformat(sys.argv[1])])
 """
+
+
+LOCAL_BOOTSTRAP = """
+import datetime as dt, sys, time
+from propensity.core.settings import get_settings
+from propensity.features.bootstrap import history_features, ingest_history
+first, last = (dt.date.fromisoformat(a) for a in sys.argv[1:3])
+settings = get_settings()
+t0 = time.monotonic()
+ingest_history(settings, first, last)
+t1 = time.monotonic()
+history_features(settings, first, last, None)
+print(f"{t1 - t0:.1f} {time.monotonic() - t1:.1f}")
+"""
+
+
+def local_bootstrap(cfg, workdir: Path) -> tuple[float, float]:
+    """The bootstrap's two task bodies on the local profile (zones in a folder, local[2], SQLite
+    online store, no Airflow): the same work as the cluster's bootstrap run."""
+    import shutil
+
+    home = workdir / "local-home"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROPENSITY_")}
+    env |= {
+        "PROPENSITY_PROFILE": "local",
+        "PROPENSITY_ZONE_ROOT": str(home / "zones"),
+        "PROPENSITY_CACHE_DIR": str(home / "cache"),
+        "PROPENSITY_FEATURES__SQLITE_PATH": str(home / "online.db"),
+        "PROPENSITY_FEATURES__REGISTRY": str(home / "registry.db"),
+        "PROPENSITY_HOME": os.environ.get("PROPENSITY_HOME", str(Path.cwd())),
+        "PYSPARK_PYTHON": sys.executable,
+    }
+    script = workdir / "bootstrap.py"
+    script.write_text(LOCAL_BOOTSTRAP)
+    done = subprocess.run(
+        [sys.executable, str(script), cfg.demo.first_day, cfg.demo.last_day],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"local bootstrap failed:\n{done.stderr[-3000:]}")
+    ingest_s, features_s = (float(x) for x in done.stdout.strip().splitlines()[-1].split())
+    return ingest_s, features_s
 
 
 def tree_rss(pid: int) -> int:
@@ -84,7 +136,7 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def airflow_figures(cfg) -> None:
+def airflow_figures(cfg, local_bootstrap_args: Path | None = None) -> None:
     """From the cluster's own record (Airflow's REST API) of the demo it ran: every task's queue-to-
     start latency under Celery, and the wall time of the bootstrap run and of each daily cycle
     (ingest -> features -> batch_inference of one day)."""
@@ -123,10 +175,31 @@ def airflow_figures(cfg) -> None:
     def took(run: dict) -> float:
         return (_ts(run["end_date"]) - _ts(run["start_date"])).total_seconds()
 
-    for run in runs.get("bootstrap", [])[:1]:
-        conf = run.get("conf") or {}
-        print(f"bootstrap {conf.get('first_day')}..{conf.get('last_day')} on the cluster: {took(run):.0f} s")
-        print(bench_line("bootstrap run on the cluster", took(run), None, None, None, "s"))
+    boot = next(iter(runs.get("bootstrap", [])), None)
+    if boot is not None:
+        conf = boot.get("conf") or {}
+        print(
+            f"bootstrap {conf.get('first_day')}..{conf.get('last_day')} on the cluster: {took(boot):.0f} s",
+            flush=True,
+        )
+        if local_bootstrap_args is not None:
+            ingest_s, features_s = local_bootstrap(cfg, local_bootstrap_args)
+            local = ingest_s + features_s
+            print(
+                f"the same bootstrap on the local profile: ingest {ingest_s:.0f} s + features {features_s:.0f} s"
+            )
+            print(
+                bench_line(
+                    "bootstrap (eleven months) on the cluster vs the local profile",
+                    took(boot),
+                    local,
+                    "<= 1.5x",
+                    took(boot) <= 1.5 * local,
+                    "s",
+                )
+            )
+        else:
+            print(bench_line("bootstrap run on the cluster", took(boot), None, None, None, "s"))
     cycles = []
     batches = sorted(runs.get("batch_inference", []), key=lambda r: _ts(r["start_date"]))
     for ingest in sorted(runs.get("ingest", []), key=lambda r: _ts(r["start_date"])):
@@ -156,15 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--days", default="30,330", help="window lengths (validated days read)")
     parser.add_argument("--workdir", default="/tmp/bench-cluster")
+    parser.add_argument(
+        "--no-local-bootstrap", action="store_true", help="skip the local profile's bootstrap (~4 min)"
+    )
     args = parser.parse_args(argv)
     from propensity.cluster import control
 
     cfg, _, services = control.spec()
     if not control.supervisord_running(cfg):
         raise SystemExit("the cluster is down: make cluster-up && make cluster-demo first")
-    airflow_figures(cfg)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    airflow_figures(cfg, None if args.no_local_bootstrap else workdir)
     base = control._supervisor_env() | next(s for s in services if s.name == "airflow-worker-1").env
     modes = {
         "local[2] driver-io": {"PROPENSITY_SPARK__MASTER": "local[2]", "PROPENSITY_SPARK__ZONE_IO": "driver"},
