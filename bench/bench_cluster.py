@@ -171,6 +171,14 @@ def airflow_figures(cfg, local_bootstrap_args: Path | None = None) -> None:
                 "Airflow task queue-to-start latency p50 (Celery)", _pct(waits, 0.5), None, None, None, "s"
             )
         )
+    if handoffs:
+        print(
+            f"upstream end -> task start: {len(handoffs)} hand-offs, p50 {_pct(handoffs, 0.5):.2f} s, "
+            f"p95 {_pct(handoffs, 0.95):.2f} s, max {max(handoffs):.2f} s",
+            flush=True,
+        )
+        figure = "Airflow task hand-off (upstream end -> start) p50 (Celery)"
+        print(bench_line(figure, _pct(handoffs, 0.5), None, None, None, "s"))
 
     def took(run: dict) -> float:
         return (_ts(run["end_date"]) - _ts(run["start_date"])).total_seconds()
