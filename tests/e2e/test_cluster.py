@@ -1,16 +1,17 @@
 """The production deployment, running: the loop through the native cluster's real scheduler.
 
 The module's fixture brings the cluster up (``make cluster-up``: supervisord, Redis, moto S3, MLflow
-server, Airflow 3 with two Celery workers, a Spark master with two workers, the API) when it is not
-running, and runs ``make cluster-demo``'s loop on its short window (config/cluster.yaml: three weeks
-of the shared data) unless that already happened on this cluster. Every assertion reads the running
-system: Airflow's REST API, the Spark master and the applications' event logs, S3, Postgres, MLflow
-and the API. A cluster this module started is stopped at the end.
+server, Airflow 3 with two Celery workers, a Spark master with two workers, Triton, the API) when it
+is not running, and runs ``make cluster-demo``'s loop on its window (config/cluster.yaml: a bootstrap
+of the export's first eleven months, a ten-day backfill, the drift check of the day after) unless
+that already happened on this cluster. Every assertion reads the running system: Airflow's REST
+API, the Spark master and the applications' event logs, S3, Postgres, MLflow, Triton and the API. A cluster this module started is stopped at the end.
 
-Last, a fault: a Celery worker killed mid-task (SIGKILL to its process group: the worker and the
-task it runs). The task stops heart-beating, the scheduler fails it after the cluster's
-``task_heartbeat_timeout_s`` and its retry runs on the other worker; the days' partitions are
-complete, each exactly once, with the bytes the first run wrote.
+Then the faults, each on the running cluster: a Celery worker killed mid-task (SIGKILL to its
+process group: the worker and the task it runs; the scheduler fails the task after the cluster's
+``task_heartbeat_timeout_s`` and its retry runs on the other worker, the days' partitions complete,
+each exactly once, with the bytes the first run wrote); a Spark worker killed mid-job; Redis stopped
+under the API; the MLflow server stopped during training.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from propensity.cluster import control, inspect
 from propensity.cluster.demo import DAGS, run_demo
 from propensity.cluster.rest import Airflow
 
-# Not in `make test` (CI's 40 minutes): the loop on the cluster takes ~25 min here and its fault
-# cases are not all green yet (issue 18). `make test-cluster` runs it.
+# Not in `make test` (CI's 40 minutes): the loop and its faults take ~35 min on a fresh cluster here
+# (issue 18). `make test-cluster` runs it.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.cluster]
 
 

@@ -94,11 +94,7 @@ class PublishRefused(DataError, RuntimeError):
 
 
 def validate(
-    settings: Settings,
-    start: dt.datetime,
-    end: dt.datetime,
-    *,
-    history: list[dict[str, Any]] | None = None,
+    settings: Settings, start: dt.datetime, end: dt.datetime, *, history: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """Validate the raw partition of the day ``[start, end)``; returns the summary.
 
@@ -468,9 +464,8 @@ def collect_and_validate(settings: Settings, first: dt.date, last: dt.date) -> d
     reasons: Counter = Counter()
     failed: dict[str, str] = {}
     closed_empty: dict[str, str] = {}
-    # The bands' history is read from the zone once, then carried from day to day as each summary
-    # is written: the same summaries load_history would read back (JSON round trip), without its
-    # ~100 requests per day to an object store (a year on S3: ~35,000).
+    # The bands' history, read from the zone once, then carried day to day as each summary is written
+    # (JSON round trip: what load_history would read back), without its ~100 requests a day on S3.
     window = dt.timedelta(days=history_window_days(settings))
     history = load_history(zone_store(settings), first, settings)
     day = first
