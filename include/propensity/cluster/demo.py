@@ -84,11 +84,12 @@ def drift_check(af: Airflow, day: str, timeout: float) -> dict:
     earlier = [r for r in af.runs("drift") if (r.get("logical_date") or "").startswith(day)]
     if earlier and earlier[-1]["state"] in ("success", "running", "queued"):
         run_id = earlier[-1]["dag_run_id"]
+        print(f"[demo] resuming drift {run_id} ({earlier[-1]['state']})", flush=True)
     else:
         run_id = af.api("POST", "dags/drift/dagRuns", json={"logical_date": logical, "conf": {}})[
             "dag_run_id"
         ]
-    print(f"[demo] drift for {day} triggered over REST: {run_id}", flush=True)
+        print(f"[demo] drift for {day} triggered over REST: {run_id}", flush=True)
     if af.wait_run("drift", run_id, timeout)["state"] != "success":
         raise RuntimeError(f"drift {run_id} failed")
     verdict = af.xcom("drift", run_id, "decide")
@@ -106,6 +107,10 @@ def drift_check(af: Airflow, day: str, timeout: float) -> dict:
         training = af.wait_run("training", training_id, timeout)
         if training["state"] != "success":
             raise RuntimeError(f"training {training_id}, triggered by drift, failed")
+        # A run created past the DAG's end date has no task and is still marked successful.
+        ran = {t["task_id"]: t["state"] for t in af.task_instances("training", training_id)}
+        if ran.get("train_model") != "success":
+            raise RuntimeError(f"training {training_id} succeeded without training: {ran}")
         out["training"] = training_id
     else:
         print(f"[demo] drift did not trigger training (trigger_training={states.get('trigger_training')})")
