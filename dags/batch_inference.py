@@ -56,15 +56,13 @@ def batch_inference() -> None:
         from propensity.core.settings import get_settings
 
         ctx = get_current_context()
-        consumed = [event for events in (triggering_asset_events or {}).values() for event in events]
         # Every snapshot date of each event ("dates"; "as_of" alone from older producers).
-        as_of = assets.values(consumed, "dates") or assets.values(consumed, "as_of")
-        if consumed and not ctx["params"].get("day"):
-            later = list(inlet_events[customer_features].after(assets.newest_timestamp(consumed)))
-            left = [d for d in assets.left_behind(consumed, later, "dates") if d not in as_of]
-            if left:
-                print(f"snapshots whose events Airflow gave no run, scored here too: {left}")
-            as_of += left
+        as_of, left = assets.run_values(
+            triggering_asset_events, inlet_events, customer_features, "dates", fallback_key="as_of"
+        )
+        if left:
+            print(f"snapshots whose events Airflow gave no run, scored here too: {left}")
+        as_of += left
         days = days_to_score(ctx["params"].get("day"), as_of, ctx.get("logical_date"))
         try:
             return [score_day(get_settings(), day, run_id=ctx["run_id"]) for day in days]

@@ -58,20 +58,17 @@ def features() -> None:
         from propensity.core.settings import get_settings
         from propensity.features.job import compute_features_for_run
 
-        consumed = [event for events in (triggering_asset_events or {}).values() for event in events]
-        days = assets.values(consumed, "day")
-        if consumed:
-            after = assets.newest_timestamp(consumed)
-            left = assets.left_behind(
-                consumed,
-                inlet_events[validated_events].after(after),
-                "day",
-                done=inlet_events[customer_features].after(after),
-                done_key="days",
-            )
-            if left:
-                print(f"validated days whose events Airflow gave no run, computed here too: {left}")
-            days += left
+        days, left = assets.run_values(
+            triggering_asset_events,
+            inlet_events,
+            validated_events,
+            "day",
+            done_asset=customer_features,
+            done_key="days",
+        )
+        if left:
+            print(f"validated days whose events Airflow gave no run, computed here too: {left}")
+        days += left
         return compute_features_for_run(get_settings(), days, data_interval_end) | {"days": days}
 
     @task(outlets=[customer_features])

@@ -74,3 +74,27 @@ def left_behind(
 def newest_timestamp(events: Sequence[Event]) -> str | None:
     """The ISO timestamp ``inlet_events[...].after()`` takes: the newest of ``events``."""
     return max(e.timestamp for e in events).isoformat() if events else None
+
+
+def run_values(
+    triggering_asset_events: Any,
+    inlet_events: Any,
+    asset: Asset,
+    key: str,
+    *,
+    fallback_key: str | None = None,
+    done_asset: Asset | None = None,
+    done_key: str = "",
+) -> tuple[list[str], list[str]]:
+    """What an asset-triggered task works on: ``extra[key]`` of the events Airflow gave it (else
+    ``extra[fallback_key]``), and apart, those of the events it was not given (:func:`left_behind`:
+    ``asset`` and ``done_asset`` must be inlets of the task). A run without events gets ([], [])."""
+    consumed = [event for events in (triggering_asset_events or {}).values() for event in events]
+    given = values(consumed, key) or (values(consumed, fallback_key) if fallback_key else [])
+    if not consumed:
+        return given, []
+    after = newest_timestamp(consumed)
+    done = inlet_events[done_asset].after(after) if done_asset is not None else ()
+    later = inlet_events[asset].after(after)
+    left = [v for v in left_behind(consumed, later, key, done=done, done_key=done_key) if v not in given]
+    return given, left

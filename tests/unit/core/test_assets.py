@@ -53,3 +53,43 @@ def test_a_run_without_asset_events_takes_nothing_more():
     assert left_behind([], [at(5, day="2011-11-03")], "day") == []
     assert newest_timestamp([]) is None
     assert newest_timestamp([at(3), at(9)]) == (T0 + dt.timedelta(seconds=9)).isoformat()
+
+
+class _Accessor:
+    """inlet_events[asset] as the Task SDK gives it: ``.after(iso)`` -> the events after that time."""
+
+    def __init__(self, events: list[Ev], calls: list[str]) -> None:
+        self.events, self.calls = events, calls
+
+    def after(self, iso: str) -> list[Ev]:
+        self.calls.append(iso)
+        return [e for e in self.events if e.timestamp > dt.datetime.fromisoformat(iso)]
+
+
+def test_run_values_reads_the_inlets_after_the_newest_given_event_and_keeps_given_and_left_apart():
+    from propensity.core.assets import customer_features, run_values, validated_events
+
+    calls: list[str] = []
+    published = [at(10, day="2011-11-01"), at(19, day="2011-11-02"), at(33, day="2011-11-03")]
+    outputs = [at(40, days=["2011-11-02"])]  # a later run took 11-02 again, not 11-03
+    inlets = {
+        validated_events: _Accessor(published, calls),
+        customer_features: _Accessor(outputs, calls),
+    }
+    given = {validated_events: published[:2]}
+    days, left = run_values(
+        given, inlets, validated_events, "day", done_asset=customer_features, done_key="days"
+    )
+    assert (days, left) == (["2011-11-01", "2011-11-02"], ["2011-11-03"])
+    assert set(calls) == {published[1].timestamp.isoformat()}
+    # A scheduled or manual run (no events) reads nothing more.
+    assert run_values(None, inlets, validated_events, "day") == ([], [])
+    # The older producer's key, when the events carry no "dates".
+    as_of, _ = run_values(
+        {customer_features: [at(5, as_of="2011-11-04")]},
+        inlets,
+        customer_features,
+        "dates",
+        fallback_key="as_of",
+    )
+    assert as_of == ["2011-11-04"]
